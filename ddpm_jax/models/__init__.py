@@ -1,0 +1,1 @@
+"""Flax models. Pure: imports only jax, flax and numpy."""
