@@ -1,0 +1,90 @@
+"""Datasets for training and evaluation, chosen by `config.data`.
+
+`data.dataset` is 'shapes' (built in, procedural), 'tfds:NAME' or
+'folder:PATH'. The TFDS and folder readers are imported only when asked for,
+so `shapes` runs without TensorFlow.
+
+  validate_data_config(config.data, config.training.batch_size)
+  train_iter = make_train_loader(config.data, global_batch_size=..., seed=...)
+  batch = next(train_iter)  # {'image': float32 [local_batch, H, W, 3] in [-1, 1]}
+  # train_iter.get_state()/set_state(); in Orbax: grain.checkpoint.CheckpointSave/Restore
+"""
+from ddpm_jax.data import loader
+from ddpm_jax.data import shapes
+
+SPLITS = ('train', 'test')
+MIN_IMAGE_SIZE = 8
+_VALID_FORMS = "'shapes', 'tfds:NAME' or 'folder:PATH'"
+
+
+def parse_dataset(dataset: str) -> tuple[str, str]:
+  """Returns (kind, argument) of a `data.dataset` value: ('shapes', ''), ('tfds', NAME), ('folder', PATH)."""
+  kind, _, argument = str(dataset).partition(':')
+  if dataset == 'shapes' or (kind in ('tfds', 'folder') and argument):
+    return kind, argument
+  raise ValueError(f'data.dataset={dataset!r} is not a valid dataset; use {_VALID_FORMS}.')
+
+
+def validate_data_config(data_config, global_batch_size: int, process_count: int = 1) -> None:
+  """Returns None; raises a one-line ValueError for the first bad `data.*` key (cheap, no I/O)."""
+  parse_dataset(data_config.dataset)
+  size = data_config.image_size
+  if not isinstance(size, int) or size < MIN_IMAGE_SIZE:
+    raise ValueError(f'data.image_size={size!r} must be an integer >= {MIN_IMAGE_SIZE}.')
+  if data_config.eval_split not in SPLITS:
+    raise ValueError(f'data.eval_split={data_config.eval_split!r} must be one of {SPLITS}.')
+  for key in ('random_flip', 'strict'):
+    if not isinstance(data_config[key], bool):
+      raise ValueError(f'data.{key}={data_config[key]!r} must be True or False.')
+  workers = data_config.num_workers
+  if not isinstance(workers, int) or workers < 0:
+    raise ValueError(f'data.num_workers={workers!r} must be an integer >= 0 (0 = no worker processes).')
+  if not isinstance(global_batch_size, int) or global_batch_size < 1:
+    raise ValueError(f'training.batch_size={global_batch_size!r} must be a positive integer.')
+  loader.local_batch_size(global_batch_size, process_count)
+
+
+def make_source(data_config, split: str, seed: int):
+  """Returns the random-access source of uint8 [image_size, image_size, 3] RGB images for `split`."""
+  if split not in SPLITS:
+    raise ValueError(f'Unknown split {split!r}; valid splits: {SPLITS}.')
+  kind, argument = parse_dataset(data_config.dataset)
+  size, data_dir = data_config.image_size, data_config.data_dir
+  if kind == 'shapes':
+    return shapes.ShapesSource(image_size=size, split=split, seed=seed)
+  if kind == 'tfds':
+    from ddpm_jax.data.tfds_source import tfds_source  # pylint: disable=g-import-not-at-top
+    return tfds_source(argument, split, image_size=size, data_dir=data_dir, seed=seed)
+  from ddpm_jax.data.folder_source import folder_source  # pylint: disable=g-import-not-at-top
+  return folder_source(argument, split, image_size=size, data_dir=data_dir,
+                       strict=data_config.strict, seed=seed)
+
+
+def make_train_loader(data_config, *, global_batch_size: int, seed: int,
+                      process_index: int = 0, process_count: int = 1):
+  """Returns a checkpointable iterator of {'image': float32 [local_batch, H, W, 3] in [-1, 1]}.
+
+  Infinite, reshuffled every epoch, and this process's shard only. Save its
+  position with `get_state()` or with Orbax (grain.checkpoint.CheckpointSave).
+  """
+  batch_size = loader.local_batch_size(global_batch_size, process_count)
+  dataset = loader.train_dataset(
+      make_source(data_config, 'train', seed), batch_size=batch_size, seed=seed,
+      flip=data_config.random_flip, process_index=process_index,
+      process_count=process_count)
+  return loader.to_iterator(dataset, data_config.num_workers)
+
+
+def make_eval_iterator(data_config, split: str, *, batch_size: int,
+                       max_examples: int | None, seed: int):
+  """Returns an iterator of uint8 [<=batch_size, H, W, 3] batches of `split`, in fixed order.
+
+  Un-augmented and unsharded; it stops after `max_examples` examples (or at the
+  end of the split, if that comes first).
+  """
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f'max_examples={max_examples!r} must be positive or None.')
+  dataset = loader.eval_dataset(
+      make_source(data_config, split, seed), batch_size=batch_size,
+      max_examples=max_examples)
+  return loader.to_iterator(dataset, num_workers=0)

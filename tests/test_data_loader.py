@@ -1,0 +1,234 @@
+"""Tests for the grain training loader, the eval iterator and the dataset dispatch."""
+import multiprocessing
+import subprocess
+import sys
+import types
+
+from absl import flags
+import grain
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+import pytest
+
+from configs import default
+import ddpm_jax.data as data
+from ddpm_jax.data import loader
+
+SIZE = 8
+
+
+class IndexSource:
+  """Fake source: example i shows i in channels 0-1 and a left-to-right ramp in channel 2."""
+
+  def __init__(self, length):
+    self.length = length
+
+  def __len__(self):
+    return self.length
+
+  def __getitem__(self, index):
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[..., 0], image[..., 1] = index % 256, index // 256
+    image[..., 2] = np.arange(SIZE) * 30
+    return image
+
+
+def decode(batch):
+  """Returns (example indices, flipped flags) of a training batch of IndexSource images."""
+  pixels = np.rint((batch['image'] + 1) * 127.5).astype(int)
+  indices = pixels[:, 0, 0, 0] + 256 * pixels[:, 0, 0, 1]
+  flipped = pixels[:, 0, 0, 2] > pixels[:, 0, -1, 2]
+  return indices, flipped
+
+
+def take(iterator, num_batches):
+  return [next(iterator) for _ in range(num_batches)]
+
+
+def index_iterator(length, batch_size=4, seed=0, flip=True, **shard):
+  dataset = loader.train_dataset(
+      IndexSource(length), batch_size=batch_size, seed=seed, flip=flip, **shard)
+  return loader.to_iterator(dataset, num_workers=0)
+
+
+def shapes_config(**overrides):
+  config = default.get_config().data
+  config.image_size = 16
+  config.update(overrides)
+  return config
+
+
+def test_batches_have_the_local_shape_dtype_and_range():
+  for process_count in (1, 2):
+    iterator = data.make_train_loader(
+        shapes_config(), global_batch_size=8, seed=0, process_count=process_count)
+    images = next(iterator)['image']
+    assert images.shape == (8 // process_count, 16, 16, 3)
+    assert images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1
+    assert images.min() < -0.5 and images.max() > 0.5
+
+
+def test_each_epoch_is_a_new_permutation_of_whole_batches():
+  # 10 examples in batches of 4: 2 batches an epoch, 2 examples dropped.
+  batches = take(index_iterator(10, flip=False), 6)
+  epochs = [np.concatenate([decode(b)[0] for b in batches[i:i + 2]]) for i in (0, 2, 4)]
+  for epoch in epochs:
+    assert len(set(epoch)) == 8 and set(epoch) <= set(range(10))
+  assert len({tuple(epoch) for epoch in epochs}) == 3
+  full = np.concatenate([decode(b)[0] for b in take(index_iterator(12, flip=False), 3)])
+  assert sorted(full) == list(range(12)) and list(full) != list(range(12))
+
+
+def test_the_order_is_set_by_the_seed():
+  def order(seed):
+    return np.concatenate([decode(b)[0] for b in take(index_iterator(40, seed=seed), 5)])
+  np.testing.assert_array_equal(order(0), order(0))
+  assert not np.array_equal(order(0), order(1))
+
+
+def test_flips_are_random_reproducible_and_can_be_turned_off():
+  def flips(seed, flip=True):
+    decoded = [decode(b) for b in take(index_iterator(64, batch_size=8, seed=seed, flip=flip), 16)]
+    indices, flipped = map(np.concatenate, zip(*decoded))
+    return indices, flipped  # two epochs of 64 examples
+
+  indices, flipped = flips(0)
+  assert 0.35 < flipped.mean() < 0.65
+  np.testing.assert_array_equal(flipped, flips(0)[1])
+  assert not np.array_equal(flipped, flips(1)[1])
+  # An example is flipped independently in each epoch.
+  by_epoch = [dict(zip(indices[e * 64:(e + 1) * 64], flipped[e * 64:(e + 1) * 64])) for e in (0, 1)]
+  assert sum(by_epoch[0][i] != by_epoch[1][i] for i in range(64)) > 10
+  assert not flips(0, flip=False)[1].any()
+
+
+def test_process_shards_are_disjoint_and_cover_the_epoch():
+  # 40 examples, 2 processes with 4 examples a batch: 5 batches is one epoch.
+  shards = [
+      np.concatenate([decode(b)[0] for b in take(
+          index_iterator(40, process_index=index, process_count=2), 5)])
+      for index in (0, 1)
+  ]
+  assert all(len(set(shard)) == 20 for shard in shards)
+  assert not set(shards[0]) & set(shards[1])
+  assert set(shards[0]) | set(shards[1]) == set(range(40))
+
+
+@pytest.fixture
+def parsed_flags():
+  """Marks absl flags parsed for the test: grain's workers read them, as after app.run."""
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  yield
+  if not was_parsed:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.usefixtures('parsed_flags')
+def test_worker_processes_give_the_same_batches_and_resume():
+  config = shapes_config(num_workers=0)
+  in_process = take(data.make_train_loader(config, global_batch_size=8, seed=2), 4)
+  config.num_workers = 2
+  workers = data.make_train_loader(config, global_batch_size=8, seed=2)
+  batches = take(workers, 2)
+  assert len(multiprocessing.active_children()) >= 2
+  state = workers.get_state()
+  batches += take(workers, 2)
+  workers.set_state(state)  # rewinds the workers: the same 2 batches again
+  batches += take(workers, 2)
+  workers.close()
+  in_process += in_process[2:]
+  for expected, batch in zip(in_process, batches, strict=True):
+    np.testing.assert_array_equal(expected['image'], batch['image'])
+
+
+def test_orbax_round_trip_resumes_where_it_stopped(tmp_path):
+  # 24 examples in batches of 4: the 8 saved batches span an epoch boundary.
+  iterator = index_iterator(24)
+  take(iterator, 8)
+  options = ocp.CheckpointManagerOptions(create=True)
+  with ocp.CheckpointManager(tmp_path / 'ckpt', options=options) as manager:
+    manager.save(8, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({'step': np.array(8)}),
+        data_iter=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+  expected = take(iterator, 8)
+
+  fresh = index_iterator(24)
+  with ocp.CheckpointManager(tmp_path / 'ckpt', options=options) as manager:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore({'step': np.array(0)}),
+        data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+  assert int(restored.state['step']) == 8
+  for want, got in zip(expected, take(restored.data_iter, 8)):
+    np.testing.assert_array_equal(want['image'], got['image'])
+
+
+def test_eval_iterator_is_fixed_unaugmented_and_stops():
+  config = shapes_config()
+  batches = list(data.make_eval_iterator(
+      config, 'test', batch_size=4, max_examples=10, seed=0))
+  assert [b.shape for b in batches] == [(4, 16, 16, 3)] * 2 + [(2, 16, 16, 3)]
+  assert all(b.dtype == np.uint8 for b in batches)
+  source = data.make_source(config, 'test', seed=0)
+  np.testing.assert_array_equal(np.concatenate(batches), np.stack([source[i] for i in range(10)]))
+
+
+def test_folder_datasets_are_read_through_folder_source(tmp_path):
+  for index in range(3):
+    Image.new('RGB', (40, 30), (80 * index, 0, 0)).save(tmp_path / f'{index}.png')
+  config = shapes_config(dataset=f'folder:{tmp_path}', data_dir=str(tmp_path / 'cache'))
+  source = data.make_source(config, 'train', seed=0)
+  assert len(source) == 3
+  assert source[0].shape == (16, 16, 3) and source[0].dtype == np.uint8
+
+
+def test_tfds_datasets_are_read_through_tfds_source(monkeypatch):
+  calls = []
+  fake = types.ModuleType('ddpm_jax.data.tfds_source')
+  fake.tfds_source = lambda *args, **kwargs: calls.append((args, kwargs)) or 'source'
+  monkeypatch.setitem(sys.modules, 'ddpm_jax.data.tfds_source', fake)
+  config = shapes_config(dataset='tfds:food101', data_dir='/data')
+  assert data.make_source(config, 'test', seed=4) == 'source'
+  assert calls == [(('food101', 'test'), {'image_size': 16, 'data_dir': '/data', 'seed': 4})]
+
+
+@pytest.mark.parametrize('dataset', ['imagenet', 'tfds:', 'folder:', 'shapes:big', ''])
+def test_unknown_dataset_forms_are_one_line_errors(dataset):
+  with pytest.raises(ValueError, match="'shapes', 'tfds:NAME' or 'folder:PATH'") as error:
+    data.validate_data_config(shapes_config(dataset=dataset), 8)
+  assert repr(dataset) in str(error.value) and '\n' not in str(error.value)
+  with pytest.raises(ValueError):
+    data.make_source(shapes_config(dataset=dataset), 'train', seed=0)
+
+
+@pytest.mark.parametrize('overrides, batch, match', [
+    ({'image_size': 4}, 8, 'data.image_size=4'),
+    ({'eval_split': 'val'}, 8, 'data.eval_split'),
+    ({'num_workers': -1}, 8, 'data.num_workers=-1'),
+    ({}, 0, 'training.batch_size=0'),
+])
+def test_bad_config_values_are_one_line_errors(overrides, batch, match):
+  with pytest.raises(ValueError, match=match) as error:
+    data.validate_data_config(shapes_config(**overrides), batch)
+  assert '\n' not in str(error.value)
+  data.validate_data_config(shapes_config(), 8)  # the defaults pass
+
+
+def test_batches_that_cannot_be_filled_are_errors():
+  with pytest.raises(ValueError, match='not divisible by the 3 processes'):
+    data.make_train_loader(shapes_config(), global_batch_size=8, seed=0, process_count=3)
+  with pytest.raises(ValueError, match='fewer than one batch of 8'):
+    loader.train_dataset(IndexSource(7), batch_size=8, seed=0, flip=True)
+  with pytest.raises(ValueError, match='fewer than one batch of 4'):
+    loader.train_dataset(IndexSource(7), batch_size=4, seed=0, flip=True,
+                         process_index=1, process_count=2)
+
+
+def test_shapes_needs_no_tensorflow():
+  code = ('import sys, ddpm_jax.data as d; from configs import default; '
+          'next(d.make_train_loader(default.get_config().data, global_batch_size=2, seed=0)); '
+          'assert not [m for m in sys.modules if m.startswith("tensorflow")]')
+  subprocess.run([sys.executable, '-c', code], check=True)
