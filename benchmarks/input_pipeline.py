@@ -1,0 +1,218 @@
+r"""Images per second the input pipeline delivers: from the resize-once cache vs decoding JPEGs.
+
+Generates a folder of photo-like JPEGs (Food-101-sized, 512x384 by default),
+then times, at --image_size:
+  1. building the cache (threaded decode + crop + resize, once per dataset);
+  2. reading the cache: the source alone, grain's shuffle/flip/batch of uint8,
+     and the training loader (`ddpm_jax.data.make_train_loader`: the same
+     plus the conversion to float32 in [-1, 1]), and a prototype that reads
+     whole batches with one `_getitems` call, for comparison;
+  3. the same loader pipeline over a source that decodes and resizes each JPEG
+     on every read (no cache), with and without PIL's reduced-scale JPEG draft.
+Prints a table and appends it to BENCHMARKS.md with date, machine, versions
+and the command.
+
+Run from the repository root (it reads configs/default.py):
+
+  python -m benchmarks.input_pipeline --num_images=2048 --seconds=5
+"""
+import datetime
+import functools
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import grain
+import numpy as np
+import PIL
+from PIL import Image
+
+from configs import default
+import ddpm_jax.data
+from ddpm_jax.data import folder_source
+from ddpm_jax.data import loader
+from ddpm_jax.data import preprocess
+
+_NUM_IMAGES = flags.DEFINE_integer('num_images', 2048, 'JPEGs to generate.')
+_SOURCE_SIZE = flags.DEFINE_list('source_size', ['512', '384'], 'Width,height of each JPEG.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 64, 'Side of the images the loader delivers.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
+_SECONDS = flags.DEFINE_float('seconds', 5.0, 'Time each loader measurement for about this long.')
+_WORKDIR = flags.DEFINE_string('workdir', '', 'Where to put the JPEGs and the cache (default: a temp dir).')
+_OUTPUT = flags.DEFINE_string('output', 'BENCHMARKS.md', 'File the results are appended to.')
+_WARMUP_BATCHES = 10
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+  """Returns a smooth random image with grain, which JPEG compresses about as well as a photo."""
+  coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), np.uint8)).resize(
+      (width, height), Image.Resampling.BICUBIC)
+  noisy = np.asarray(coarse, np.float32) + rng.normal(0, 6, (height, width, 3))
+  return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def write_jpegs(directory: str, count: int, size: tuple[int, int]) -> list[str]:
+  """Returns the paths of `count` photo-like JPEGs written under `directory`, 100 per subfolder."""
+  rng = np.random.default_rng(0)
+  paths = []
+  for index in range(count):
+    path = os.path.join(directory, f'{index // 100:04d}', f'{index:06d}.jpg')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    photo_like(rng, *size).save(path, quality=90)
+    paths.append(path)
+  return paths
+
+
+class DecodingSource:
+  """A source that decodes and resizes a JPEG on every read: the pipeline without the cache."""
+
+  def __init__(self, paths: list[str], image_size: int, draft: bool):
+    self.paths, self.image_size, self.draft = paths, image_size, draft
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    if self.draft:
+      return preprocess.decode_image(self.paths[index], self.image_size)
+    with Image.open(self.paths[index]) as image:
+      return preprocess.resize_square(image.convert('RGB'), self.image_size)
+
+
+def images_per_second(iterator, batch_size: int, seconds: float) -> float:
+  """Returns the rate at which `iterator` yields images, after a warm-up, over about `seconds`."""
+  for _ in range(_WARMUP_BATCHES):
+    next(iterator)
+  batches, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(iterator)
+    batches += 1
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+def loader_over(source, batch_size: int) -> grain.DatasetIterator:
+  """Returns the training loader's iterator (shuffle, flip, batch, to float) over `source`."""
+  dataset = loader.train_dataset(source, batch_size=batch_size, seed=0, flip=True)
+  return loader.to_iterator(dataset, num_workers=0)
+
+
+def uint8_batches(source, batch_size: int) -> grain.DatasetIterator:
+  """Returns the loader's pipeline less its float conversion: shuffle, flip, batch uint8."""
+  dataset = grain.MapDataset.source(source).shuffle(seed=0)
+  dataset = dataset.random_map(loader.random_flip, seed=1).batch(batch_size, drop_remainder=True)
+  return loader.to_iterator(dataset.repeat(), num_workers=0)
+
+
+def batched_reads(source, batch_size: int) -> grain.DatasetIterator:
+  """Returns a prototype loader that reads whole batches: one `source._getitems` per batch.
+
+  Elements are batches, so grain's per-element cost (index shuffling,
+  metrics) is paid once per batch; order, flips and float conversion are
+  vectorised with NumPy.
+  """
+  batches_per_epoch = len(source) // batch_size
+
+  @functools.lru_cache(maxsize=2)
+  def epoch_order(epoch: int) -> np.ndarray:
+    return np.random.default_rng([0, epoch]).permutation(len(source))
+
+  def read(step: int) -> dict[str, np.ndarray]:
+    epoch, index = divmod(step, batches_per_epoch)
+    rows = np.sort(epoch_order(epoch)[index * batch_size:(index + 1) * batch_size])
+    images = np.stack(source._getitems(rows))  # pylint: disable=protected-access
+    flips = np.random.default_rng([1, step]).random(batch_size) < 0.5
+    images[flips] = images[flips, :, ::-1]
+    return {'image': images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)}
+
+  dataset = grain.MapDataset.range(2**62).map(read)
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=4)))
+
+
+def measure(jpeg_dir: str, cache_dir: str, paths: list[str]) -> list[tuple[str, float]]:
+  """Returns (what, images per second) rows for the cache build, cached reads and JPEG reads."""
+  size, batch, seconds = _IMAGE_SIZE.value, _BATCH_SIZE.value, _SECONDS.value
+  config = default.get_config().data
+  config.dataset, config.image_size, config.data_dir = f'folder:{jpeg_dir}', size, cache_dir
+  start = time.perf_counter()
+  source = folder_source.folder_source(jpeg_dir, 'train', image_size=size, data_dir=cache_dir,
+                                       strict=True, seed=0)
+  rows = [(f'build the cache ({preprocess.default_num_threads()} decode threads)',
+           len(source) / (time.perf_counter() - start))]
+  start, order = time.perf_counter(), np.random.default_rng(0).permutation(len(source))
+  for _ in range(5):
+    for index in order:
+      source[index]
+  rows.append(('cache: source[i] alone, random order', 5 * len(source) / (time.perf_counter() - start)))
+  rows.append(('cache: grain shuffle + flip + batch, uint8 out', images_per_second(
+      uint8_batches(source, batch), batch, seconds)))
+  rows.append(('cache: make_train_loader (float32 out)', images_per_second(
+      ddpm_jax.data.make_train_loader(config, global_batch_size=batch, seed=0), batch, seconds)))
+  rows.append(('cache: prototype batch-level reads, float32 out (not the loader)',
+               images_per_second(batched_reads(source, batch), batch, seconds)))
+  for draft, name in ((True, 'reduced-scale JPEG decode (as the cache build)'),
+                      (False, 'full-size decode')):
+    rows.append((f'no cache: {name} + resize per read', images_per_second(
+        loader_over(DecodingSource(paths, size, draft), batch), batch, seconds)))
+  return rows
+
+
+def machine() -> str:
+  """Returns the CPU model, the CPUs this process may use and the load average."""
+  model = platform.processor() or platform.machine()
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    model = names[0] if names else model
+  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+  return f'{model}; {preprocess.default_num_threads()} CPUs usable; load average {load}'
+
+
+def versions() -> str:
+  """Returns the versions of the libraries the pipeline runs on."""
+  return (f'Python {platform.python_version()}, numpy {np.__version__}, Pillow {PIL.__version__}, '
+          f'grain {getattr(grain, "__version__", "?")}, {platform.system()} {platform.release()}')
+
+
+def report(rows: list[tuple[str, float]], jpeg_bytes: int) -> str:
+  """Returns the Markdown section for BENCHMARKS.md."""
+  width, height = _SOURCE_SIZE.value
+  lines = [
+      f'## Input pipeline, {datetime.datetime.now().isoformat(timespec="seconds")}', '',
+      f'- Machine: {machine()}', f'- Versions: {versions()}',
+      f'- Command: `python -m benchmarks.input_pipeline {" ".join(sys.argv[1:])}`',
+      f'- Data: {_NUM_IMAGES.value} generated {width}x{height} JPEGs (mean '
+      f'{jpeg_bytes / _NUM_IMAGES.value / 1024:.0f} KiB), delivered at '
+      f'{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value} in batches of {_BATCH_SIZE.value}, loader '
+      'read threads as in ddpm_jax/data/loader.py, num_workers=0', '',
+      '| pipeline | images/s |', '|---|---:|']
+  lines += [f'| {what} | {rate:,.0f} |' for what, rate in rows]
+  return '\n'.join(lines) + '\n\n'
+
+
+def main(argv):
+  del argv
+  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix='ddpm_jax_bench_')
+  jpeg_dir, cache_dir = os.path.join(workdir, 'jpegs'), os.path.join(workdir, 'cache')
+  shutil.rmtree(cache_dir, ignore_errors=True)  # always time a fresh build
+  width, height = (int(x) for x in _SOURCE_SIZE.value)
+  paths = sorted(folder_source.list_images(jpeg_dir)) if os.path.isdir(jpeg_dir) else []
+  paths = [os.path.join(jpeg_dir, p) for p in paths]
+  if len(paths) != _NUM_IMAGES.value:
+    shutil.rmtree(jpeg_dir, ignore_errors=True)
+    paths = write_jpegs(jpeg_dir, _NUM_IMAGES.value, (width, height))
+  rows = measure(jpeg_dir, cache_dir, paths)
+  section = report(rows, sum(os.path.getsize(p) for p in paths))
+  print(section)
+  with open(_OUTPUT.value, 'a') as f:
+    f.write(section)
+  if not _WORKDIR.value:
+    shutil.rmtree(workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,185 @@
+"""`tfds:NAME`: any TFDS dataset with an 'image' feature, resized once into the cache.
+
+Splits
+- food101, the study's split: TFDS's train and validation merged (101,000
+  images); 20 images of each class, chosen from the seed, are 'test' (2,020),
+  the rest 'train'.
+- Every other dataset: TFDS's own 'train' and 'test'. Without a 'test' split,
+  'test' is TFDS's 'validation'; without either, 'test' is a 2% hold-out of
+  TFDS's 'train' chosen from the seed, and 'train' is the other 98%.
+
+Cache: `<root>/tfds/<name>[/<config>]/<version>/<TFDS split>_<size>px.npy`
+plus `<TFDS split>_labels.npy` (-1 where there is no 'label' feature); <root>
+as in `cache.py`, by default `<TFDS data dir>/ddpm_jax_cache`. The cache holds
+whole TFDS splits; a seeded hold-out is a list of rows over it, so another
+seed costs no rebuild.
+
+A dataset that is not prepared is downloaded and prepared as `tfds.load` would
+do; when that fails, the error is one line: TFDS's reason and how to fix it.
+"""
+import functools
+import os
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ddpm_jax.data import cache
+from ddpm_jax.data import preprocess
+
+SPLITS = ('train', 'test')
+# Datasets split the study's way: TFDS splits merged, then this many images of
+# each class held out as 'test'.
+STUDY_SPLITS = {'food101': ('train+validation', 20)}
+HOLDOUT_FRACTION = 0.02
+_HOLDOUT_PURPOSE = 2  # folded into the seed, so the hold-out is independent of other seeded streams
+_NO_LABEL = -1
+# ('per_class', images per class) or ('fraction', fraction of the split).
+Holdout = tuple[str, float]
+
+
+def tfds_source(name: str, split: str, *, image_size: int, data_dir: str, seed: int,
+                download: bool = True) -> cache.CachedImages:
+  """Returns a random-access source of uint8 [image_size, image_size, 3] images of tfds:`name`."""
+  if split not in SPLITS:
+    raise ValueError(f'Unknown split {split!r} for tfds:{name}; valid splits: {SPLITS}.')
+  _hide_gpus_from_tensorflow()
+  builder = _builder(name, data_dir)
+  _check_image_feature(builder, name)
+  if builder.name not in STUDY_SPLITS:  # resolving the split needs TFDS's split list
+    _prepare(builder, name, download)
+  tfds_split, holdout = resolve_split(builder.name, split, set(builder.info.splits.keys()))
+  images_path, labels_path = _cache_paths(builder, tfds_split, image_size, data_dir)
+  if os.path.exists(images_path) and os.path.exists(labels_path):
+    logging.info('tfds:%s: reading %s', name, images_path)
+  else:
+    _prepare(builder, name, download)
+    _build_cache(builder, tfds_split, images_path, labels_path, image_size)
+  if holdout is None:
+    return cache.CachedImages(images_path)
+  return cache.CachedImages(images_path, split_rows(split, holdout, np.load(labels_path), seed))
+
+
+def _hide_gpus_from_tensorflow() -> None:
+  """Returns None; keeps TensorFlow (used by TFDS for reading) off the accelerators JAX uses."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF already initialised its devices; too late, and already decided
+    pass
+
+
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """Returns TFDS's builder for `name`; raises a one-line ValueError for an unknown name."""
+  try:
+    return tfds.builder(name, data_dir=data_dir or None)
+  except tfds.core.registered.DatasetNotFoundError as error:
+    reason = str(error).splitlines()[0]
+    raise ValueError(f'tfds:{name}: {reason} See `tfds.list_builders()` for the names.') from None
+
+
+def _check_image_feature(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """Returns None if `builder` has an encoded-image feature named 'image'; else raises ValueError."""
+  features = builder.info.features
+  if 'image' not in features.keys() or not isinstance(features['image'], tfds.features.Image):
+    raise ValueError(f'tfds:{name} has no image feature named "image" (its features: '
+                     f'{sorted(features.keys())}); ddpm_jax reads image datasets.')
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, name: str, download: bool) -> None:
+  """Returns None once `builder`'s data is on disk; raises a one-line ValueError if it cannot be."""
+  if builder.is_prepared():
+    return
+  if not download:
+    reason = f'it is not prepared in {builder.data_dir_root} and downloading is off'
+  else:
+    try:
+      builder.download_and_prepare()
+      return
+    except Exception as error:  # pylint: disable=broad-except  # TFDS fails in many ways offline
+      reason = ' '.join(str(error).split())[:400] or type(error).__name__
+  hint = (f'set data.data_dir to the TFDS data_dir that holds {builder.name}, or prepare it '
+          f'with `tfds build {builder.name} --data_dir={builder.data_dir_root}`')
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    hint += f' after placing the manual download in {builder.data_dir_root}/downloads/manual'
+  raise ValueError(f'tfds:{name} is not available: {reason}. To fix: {hint}.')
+
+
+def resolve_split(dataset: str, split: str, available: set[str]) -> tuple[str, Holdout | None]:
+  """Returns (the TFDS split to cache, how 'test' is held out of it, or None if it is not).
+
+  `available` is the set of TFDS's split names for `dataset`.
+  """
+  if dataset in STUDY_SPLITS:
+    merged, per_class = STUDY_SPLITS[dataset]
+    return merged, ('per_class', per_class)
+  if 'train' not in available:
+    raise ValueError(f'tfds:{dataset} has no train split (it has {sorted(available)}); '
+                     'ddpm_jax needs one to train on.')
+  for held_out in ('test', 'validation'):
+    if held_out in available:
+      return (held_out if split == 'test' else 'train'), None
+  return 'train', ('fraction', HOLDOUT_FRACTION)
+
+
+def split_rows(split: str, holdout: Holdout, labels: np.ndarray, seed: int) -> np.ndarray:
+  """Returns the sorted cache rows of `split` when 'test' is held out of the cached split."""
+  rng = np.random.default_rng([seed, _HOLDOUT_PURPOSE])
+  kind, amount = holdout
+  if kind == 'per_class':
+    test = per_class_holdout(labels, amount, rng)
+  else:
+    count = max(1, round(amount * len(labels)))
+    test = np.sort(rng.choice(len(labels), size=count, replace=False))
+  return test if split == 'test' else np.setdiff1d(np.arange(len(labels)), test)
+
+
+def per_class_holdout(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+  """Returns the sorted indices of `per_class` randomly chosen examples of every label."""
+  chosen = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    if len(members) < per_class:
+      raise ValueError(f'Class {label} has {len(members)} images; the study split holds out '
+                       f'{per_class} of every class as test.')
+    chosen.append(rng.choice(members, size=per_class, replace=False))
+  return np.sort(np.concatenate(chosen))
+
+
+def _cache_paths(builder: tfds.core.DatasetBuilder, tfds_split: str, image_size: int,
+                 data_dir: str) -> tuple[str, str]:
+  """Returns the paths of the image cache and the label file of one TFDS split."""
+  default_root = os.path.join(tfds.core.constants.DATA_DIR, 'ddpm_jax_cache')
+  directory = os.path.join(cache.cache_root(data_dir, default_root), 'tfds',
+                           *builder.info.full_name.split('/'))
+  return (os.path.join(directory, f'{tfds_split}_{image_size}px.npy'),
+          os.path.join(directory, f'{tfds_split}_labels.npy'))
+
+
+def _build_cache(builder: tfds.core.DatasetBuilder, tfds_split: str, images_path: str,
+                 labels_path: str, image_size: int) -> None:
+  """Returns None; decodes one TFDS split into the image cache and its labels file."""
+  wanted = {'image': True, **({'label': True} if 'label' in builder.info.features.keys() else {})}
+  # Images stay encoded in TFDS: PIL decodes them in threads (at a reduced
+  # JPEG scale), as it does for folders, so both readers preprocess alike.
+  # Other features (masks, boxes, attributes) are not read at all.
+  decoders = tfds.decode.PartialDecoding(wanted, decoders={'image': tfds.decode.SkipDecoding()})
+  dataset = builder.as_dataset(split=tfds_split, shuffle_files=False, decoders=decoders)
+  count = int(dataset.cardinality())
+  count = count if count >= 0 else builder.info.splits[tfds_split].num_examples
+  labels = []
+
+  def encoded_images():
+    for example in tfds.as_numpy(dataset):
+      labels.append(example.get('label', _NO_LABEL))
+      yield example['image']
+
+  decode = functools.partial(preprocess.decode_image, image_size=image_size)
+  images = preprocess.map_ordered(decode, encoded_images(), preprocess.default_num_threads())
+  written = cache.write_cache(images_path, images, max_count=count, image_size=image_size,
+                              description=f'Caching tfds:{builder.name} {tfds_split} at {image_size}px')
+  if written != count:
+    os.remove(images_path)
+    raise ValueError(f'tfds:{builder.name} {tfds_split}: expected {count} images, read {written}.')
+  cache.save_atomic(labels_path, np.asarray(labels, dtype=np.int64))
+  logging.info('tfds:%s: cached %d images of %s at %s', builder.name, count, tfds_split, images_path)
