@@ -1,12 +1,12 @@
-"""eval_bridge: generated JAX images → torch uint8 → FID/KID (torch-fidelity) and MS-SSIM (torchmetrics).
+"""eval_bridge: generated JAX images → torch uint8 → FID/KID (torch-fidelity), MS-SSIM (torchmetrics).
 
-Imports torch; the pure core never imports this package. Modules:
+Uses torch; the pure core never imports this package. Modules:
   convert    the uint8 quantisation shared with saved PNGs; JAX → torch (DLPack on GPU)
   fidelity   Inception extractor, start-up weight check, streamed features, FID/KID
   ms_ssim    MS-SSIM over random pairs, with settings that fit 8 px and up
   reference  reference-split features cached as .npz; the `Reference` set
   evaluator  `Evaluator` (update/result) and `score`: samples in, named scalars out
   testing    random Inception weights for offline tests and benchmarks
-Import the submodules directly (`from eval_bridge import fidelity`): `convert`
-alone is what writing PNGs needs, and it does not load torch.
+Import the submodules directly (`from eval_bridge import fidelity`): `convert`,
+all that writing PNGs needs, does not load torch.
 """

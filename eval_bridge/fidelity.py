@@ -1,0 +1,175 @@
+"""Inception features, streamed, and FID/KID from them with torch-fidelity's own functions.
+
+Samples stream: `FeatureAccumulator` takes uint8 NCHW batches, runs torch-fidelity's
+`inception-v3-compat` extractor and keeps only the 2048-d pool features, never the
+images. FID and KID are then computed from features by torch-fidelity's
+`fid_features_to_statistics` / `fid_statistics_to_metric` / `kid_features_to_metric`,
+so the numbers are torch-fidelity's.
+"""
+import os
+
+import numpy as np
+import torch
+from torch_fidelity import feature_extractor_inceptionv3
+from torch_fidelity import metric_fid
+from torch_fidelity import metric_kid
+import tqdm
+
+EXTRACTOR_NAME = 'inception-v3-compat'
+FEATURE_LAYER = '2048'
+FEATURE_DIM = 2048
+MAX_KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small sample counts
+INCEPTION_URL = feature_extractor_inceptionv3.URL_INCEPTION_V3
+_FIX = 'or eval.every_steps=0 to turn evaluation off'
+
+
+def default_device() -> torch.device:
+  """Returns the first CUDA device if torch sees one, else the CPU."""
+  return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def load_inception(weights_path: str = '', device='cpu', progress: bool = False):
+  """Returns torch-fidelity's Inception extractor of 2048-d features, in eval mode on `device`.
+
+  Args:
+    weights_path: a weights file (config `eval.inception_weights`); '' downloads
+      torch-fidelity's weights once into the torch hub cache.
+    device: where the extractor runs.
+    progress: show the download's progress bar.
+  """
+  extractor = feature_extractor_inceptionv3.FeatureExtractorInceptionV3(
+      EXTRACTOR_NAME, [FEATURE_LAYER], feature_extractor_weights_path=weights_path or None,
+      verbose=progress)
+  return extractor.to(device).eval()
+
+
+def cached_weights_path() -> str:
+  """Returns where torch hub keeps torch-fidelity's downloaded Inception weights."""
+  return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(INCEPTION_URL))
+
+
+def _one_line(error: BaseException) -> str:
+  """Returns the error's type and the first line of its message, for one-line user errors."""
+  lines = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {lines[0] if lines else ""}'
+
+
+def check_inception_weights(weights_path: str) -> None:
+  """Returns None if the Inception weights can be had; raises a one-line error naming the fix.
+
+  Called at start-up, before training, so a run does not die at its first
+  evaluation. A given path must exist and load into the extractor; with no path
+  the weights must be in the torch hub cache or download now (into that cache).
+  """
+  if weights_path:
+    if not os.path.isfile(weights_path):
+      raise ValueError(
+          f'eval.inception_weights={weights_path!r} does not exist; set eval.inception_weights to '
+          f'a torch-fidelity Inception weights file ({os.path.basename(INCEPTION_URL)}) {_FIX}')
+    try:
+      load_inception(weights_path)
+    except Exception as error:  # pylint: disable=broad-except  # any failure has the same fix
+      raise RuntimeError(
+          f'eval.inception_weights={weights_path!r} is not loadable Inception weights '
+          f'({_one_line(error)}); set eval.inception_weights to torch-fidelity\'s '
+          f'{os.path.basename(INCEPTION_URL)} {_FIX}') from None
+  elif not os.path.isfile(cached_weights_path()):
+    try:
+      torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False)
+    except Exception as error:  # pylint: disable=broad-except  # offline, proxy, disk: same fix
+      raise RuntimeError(
+          f'could not download the Inception weights {INCEPTION_URL} ({_one_line(error)}); on an '
+          f'offline machine download it elsewhere and set eval.inception_weights=/path/to/'
+          f'{os.path.basename(INCEPTION_URL)}, {_FIX}') from None
+
+
+def check_uint8_nchw(images: torch.Tensor) -> None:
+  """Returns None if `images` is a uint8 N×C×H×W tensor with 1 or 3 channels; raises otherwise."""
+  if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.ndim == 4
+          and images.shape[1] in (1, 3)):
+    kind = f'{images.dtype} {tuple(images.shape)}' if torch.is_tensor(images) else type(images)
+    raise ValueError(f'expected a uint8 N×C×H×W tensor with C in (1, 3), got {kind}; '
+                     'convert generated images with eval_bridge.convert.to_torch_uint8_nchw')
+
+
+class FeatureAccumulator:
+  """Streams uint8 NCHW batches through Inception and keeps only their 2048-d features."""
+
+  def __init__(self, extractor, *, batch_size: int = 64, total: int | None = None,
+               progress: bool = True, desc: str = 'Inception features'):
+    self._extractor = extractor
+    self._device = next(extractor.parameters()).device
+    self._batch_size = batch_size
+    self._chunks: list[np.ndarray] = []
+    self._bar = tqdm.tqdm(total=total, disable=not progress, unit='img', desc=desc, leave=False)
+
+  def update(self, images: torch.Tensor) -> None:
+    """Returns None; adds the features of `images` (uint8 N×C×H×W, any device)."""
+    check_uint8_nchw(images)
+    # Inception takes RGB; grey images (e.g. MNIST) are scored as RGB with equal channels.
+    images = images.expand(-1, 3, -1, -1)
+    with torch.inference_mode():
+      for chunk in torch.split(images, self._batch_size):
+        (features,) = self._extractor(chunk.to(self._device))
+        self._chunks.append(features.cpu().numpy().astype(np.float64))
+        self._bar.update(len(chunk))
+
+  @property
+  def count(self) -> int:
+    """Returns the number of images seen so far."""
+    return sum(len(chunk) for chunk in self._chunks)
+
+  def features(self) -> np.ndarray:
+    """Returns the float64 features of every image seen, [num_images, 2048]; ends the progress bar."""
+    self._bar.close()
+    if not self._chunks:
+      return np.zeros((0, FEATURE_DIM), np.float64)
+    return np.concatenate(self._chunks)
+
+
+def _check_features(name: str, features: np.ndarray, minimum: int = 2) -> None:
+  if features.ndim != 2 or len(features) < minimum:
+    raise ValueError(f'{name} features have shape {features.shape}; FID and KID need at least '
+                     f'{minimum} rows of features')
+
+
+def fid_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+  """Returns torch-fidelity's Gaussian fit {'mu', 'sigma'} of float64 features [n, d]."""
+  features = np.asarray(features, np.float64)
+  _check_features('the', features)
+  return metric_fid.fid_features_to_statistics(torch.from_numpy(features))
+
+
+def fid_from_statistics(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
+  """Returns the Fréchet distance between two Gaussian fits (torch-fidelity's formula)."""
+  result = metric_fid.fid_statistics_to_metric(generated, reference, verbose=False)
+  return float(result[metric_fid.KEY_METRIC_FID])
+
+
+def fid(generated: np.ndarray, reference: np.ndarray) -> float:
+  """Returns FID between two feature sets [n, 2048] (torch-fidelity's numbers)."""
+  return fid_from_statistics(fid_statistics(generated), fid_statistics(reference))
+
+
+def kid_subset_size(num_generated: int, num_reference: int) -> int:
+  """Returns KID's subset size: torch-fidelity's 1000, or fewer when there are fewer samples."""
+  return min(MAX_KID_SUBSET_SIZE, num_generated, num_reference)
+
+
+def kid(generated: np.ndarray, reference: np.ndarray, *, subsets: int = 100,
+        seed: int = 0) -> dict[str, float]:
+  """Returns {'kid_mean', 'kid_std', 'kid_subset_size'}: torch-fidelity's polynomial-kernel KID.
+
+  The MMD is averaged over `subsets` random subsets of `kid_subset_size(n_gen,
+  n_ref)` samples from each side, drawn from `seed`.
+  """
+  generated, reference = np.asarray(generated, np.float64), np.asarray(reference, np.float64)
+  _check_features('generated', generated)
+  _check_features('reference', reference)
+  subset_size = kid_subset_size(len(generated), len(reference))
+  result = metric_kid.kid_features_to_metric(
+      torch.from_numpy(generated), torch.from_numpy(reference), kid_subsets=subsets,
+      kid_subset_size=subset_size, rng_seed=seed, verbose=False)
+  return {'kid_mean': float(result[metric_kid.KEY_METRIC_KID_MEAN]),
+          'kid_std': float(result[metric_kid.KEY_METRIC_KID_STD]),
+          'kid_subset_size': subset_size}
