@@ -3,10 +3,11 @@ r"""Images per second the input pipeline delivers: from the resize-once cache vs
 Generates a folder of photo-like JPEGs (Food-101-sized, 512x384 by default),
 then times, at --image_size:
   1. building the cache (threaded decode + crop + resize, once per dataset);
-  2. reading the cache: the source alone, grain's shuffle/flip/batch of uint8,
-     and the training loader (`ddpm_jax.data.make_train_loader`: the same
-     plus the conversion to float32 in [-1, 1]), and a prototype that reads
-     whole batches with one `_getitems` call, for comparison;
+  2. reading the cache: the source alone, one `_getitems` call per batch,
+     grain's per-example shuffle/flip/batch of uint8 (the loader's design
+     before it read whole batches, for comparison), and the training loader
+     (`ddpm_jax.data.make_train_loader`: batch-level shuffle, read and flips,
+     then the conversion to float32 in [-1, 1]), also with 0 and 2 read threads;
   3. the same loader pipeline over a source that decodes and resizes each JPEG
      on every read (no cache), with and without PIL's reduced-scale JPEG draft.
 Prints a table and appends it to BENCHMARKS.md with date, machine, versions
@@ -17,7 +18,6 @@ Run from the repository root (it reads configs/default.py):
   python -m benchmarks.input_pipeline --num_images=2048 --seconds=5
 """
 import datetime
-import functools
 import os
 import platform
 import shutil
@@ -95,42 +95,32 @@ def images_per_second(iterator, batch_size: int, seconds: float) -> float:
   return batches * batch_size / (time.perf_counter() - start)
 
 
-def loader_over(source, batch_size: int) -> grain.DatasetIterator:
+def loader_over(source, batch_size: int, **read_options) -> grain.DatasetIterator:
   """Returns the training loader's iterator (shuffle, flip, batch, to float) over `source`."""
   dataset = loader.train_dataset(source, batch_size=batch_size, seed=0, flip=True)
-  return loader.to_iterator(dataset, num_workers=0)
+  return loader.to_iterator(dataset, num_workers=0, **read_options)
 
 
-def uint8_batches(source, batch_size: int) -> grain.DatasetIterator:
-  """Returns the loader's pipeline less its float conversion: shuffle, flip, batch uint8."""
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Returns `image` mirrored left-right with probability 1/2."""
+  return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def per_example_uint8_batches(source, batch_size: int) -> grain.DatasetIterator:
+  """Returns grain's per-example pipeline: shuffle, flip and batch uint8, one element an image."""
   dataset = grain.MapDataset.source(source).shuffle(seed=0)
-  dataset = dataset.random_map(loader.random_flip, seed=1).batch(batch_size, drop_remainder=True)
+  dataset = dataset.random_map(random_flip, seed=1).batch(batch_size, drop_remainder=True)
   return loader.to_iterator(dataset.repeat(), num_workers=0)
 
 
-def batched_reads(source, batch_size: int) -> grain.DatasetIterator:
-  """Returns a prototype loader that reads whole batches: one `source._getitems` per batch.
-
-  Elements are batches, so grain's per-element cost (index shuffling,
-  metrics) is paid once per batch; order, flips and float conversion are
-  vectorised with NumPy.
-  """
-  batches_per_epoch = len(source) // batch_size
-
-  @functools.lru_cache(maxsize=2)
-  def epoch_order(epoch: int) -> np.ndarray:
-    return np.random.default_rng([0, epoch]).permutation(len(source))
-
-  def read(step: int) -> dict[str, np.ndarray]:
-    epoch, index = divmod(step, batches_per_epoch)
-    rows = np.sort(epoch_order(epoch)[index * batch_size:(index + 1) * batch_size])
-    images = np.stack(source._getitems(rows))  # pylint: disable=protected-access
-    flips = np.random.default_rng([1, step]).random(batch_size) < 0.5
-    images[flips] = images[flips, :, ::-1]
-    return {'image': images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)}
-
-  dataset = grain.MapDataset.range(2**62).map(read)
-  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=4)))
+def batch_reads_per_second(source, batch_size: int, num_batches: int = 200) -> float:
+  """Returns the images per second of `_getitems` over random batches: the read alone."""
+  order = np.random.default_rng(0).permutation(len(source))
+  start = time.perf_counter()
+  for batch in range(num_batches):
+    begin = batch * batch_size % (len(source) - batch_size + 1)
+    np.stack(source._getitems(order[begin:begin + batch_size]))  # pylint: disable=protected-access
+  return num_batches * batch_size / (time.perf_counter() - start)
 
 
 def measure(jpeg_dir: str, cache_dir: str, paths: list[str]) -> list[tuple[str, float]]:
@@ -148,12 +138,15 @@ def measure(jpeg_dir: str, cache_dir: str, paths: list[str]) -> list[tuple[str, 
     for index in order:
       source[index]
   rows.append(('cache: source[i] alone, random order', 5 * len(source) / (time.perf_counter() - start)))
-  rows.append(('cache: grain shuffle + flip + batch, uint8 out', images_per_second(
-      uint8_batches(source, batch), batch, seconds)))
-  rows.append(('cache: make_train_loader (float32 out)', images_per_second(
+  rows.append(('cache: source._getitems, one call a batch, random order',
+               batch_reads_per_second(source, batch)))
+  rows.append(('cache: grain per-example shuffle + flip + batch, uint8 out (the old design)',
+               images_per_second(per_example_uint8_batches(source, batch), batch, seconds)))
+  rows.append(('cache: make_train_loader, batch-level (float32 out)', images_per_second(
       ddpm_jax.data.make_train_loader(config, global_batch_size=batch, seed=0), batch, seconds)))
-  rows.append(('cache: prototype batch-level reads, float32 out (not the loader)',
-               images_per_second(batched_reads(source, batch), batch, seconds)))
+  for threads in (0, 2):
+    rows.append((f'cache: the same loader with {threads} read threads instead', images_per_second(
+        loader_over(source, batch, num_threads=threads), batch, seconds)))
   for draft, name in ((True, 'reduced-scale JPEG decode (as the cache build)'),
                       (False, 'full-size decode')):
     rows.append((f'no cache: {name} + resize per read', images_per_second(
@@ -188,7 +181,8 @@ def report(rows: list[tuple[str, float]], jpeg_bytes: int) -> str:
       f'- Data: {_NUM_IMAGES.value} generated {width}x{height} JPEGs (mean '
       f'{jpeg_bytes / _NUM_IMAGES.value / 1024:.0f} KiB), delivered at '
       f'{_IMAGE_SIZE.value}x{_IMAGE_SIZE.value} in batches of {_BATCH_SIZE.value}, loader '
-      'read threads as in ddpm_jax/data/loader.py, num_workers=0', '',
+      f'{loader._READ_THREADS} read thread(s) unless stated (as in ddpm_jax/data/loader.py), '  # pylint: disable=protected-access
+      'num_workers=0', '',
       '| pipeline | images/s |', '|---|---:|']
   lines += [f'| {what} | {rate:,.0f} |' for what, rate in rows]
   return '\n'.join(lines) + '\n\n'

@@ -34,6 +34,22 @@ class IndexSource:
     return image
 
 
+class BatchedIndexSource(IndexSource):
+  """IndexSource with grain's batched read; it records the size of every read."""
+
+  def __init__(self, length):
+    super().__init__(length)
+    self.reads = []
+
+  def __getitem__(self, index):
+    self.reads.append(1)
+    return super().__getitem__(index)
+
+  def _getitems(self, indices):
+    self.reads.append(len(indices))
+    return [IndexSource.__getitem__(self, i) for i in indices]
+
+
 def decode(batch):
   """Returns (example indices, flipped flags) of a training batch of IndexSource images."""
   pixels = np.rint((batch['image'] + 1) * 127.5).astype(int)
@@ -114,6 +130,22 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
   assert all(len(set(shard)) == 20 for shard in shards)
   assert not set(shards[0]) & set(shards[1])
   assert set(shards[0]) | set(shards[1]) == set(range(40))
+
+
+def test_sources_with_a_batched_read_give_the_same_batches_and_are_read_a_batch_at_a_time():
+  batched = BatchedIndexSource(40)
+  iterator = loader.to_iterator(
+      loader.train_dataset(batched, batch_size=4, seed=3, flip=True), num_workers=0)
+  for want, got in zip(take(index_iterator(40, seed=3), 12), take(iterator, 12), strict=True):
+    np.testing.assert_array_equal(want['image'], got['image'])
+  assert batched.reads and set(batched.reads) == {4}
+
+
+def test_shapes_batches_are_the_images_the_source_draws():
+  source = data.make_source(shapes_config(), 'train', seed=5)
+  indices = np.array([7, 0, 49_999, 7, 123])
+  np.testing.assert_array_equal(
+      loader.read_images(source, indices), np.stack([source[i] for i in indices]))
 
 
 @pytest.fixture

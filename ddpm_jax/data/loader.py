@@ -1,15 +1,31 @@
 """Grain pipelines over a random-access source: the training loader and the eval iterator.
 
-Both take a source (`__len__`, `__getitem__(i) -> uint8 [H, W, 3]`), so they
-are tested on small fake sources; `ddpm_jax.data` wires them to the config.
+Both take a source (`__len__`, `__getitem__(i) -> uint8 [H, W, 3]`, and
+optionally grain's batched `_getitems(indices)`), so they are tested on small
+fake sources; `ddpm_jax.data` wires them to the config.
+
+The training pipeline's elements are whole batches, not examples: grain's
+per-element path (index shuffling, read metrics) costs ~60-100 µs, which per
+image capped the loader at ~2,400 images/s on 2 cores (BENCHMARKS.md). Per
+batch it is noise, and the shuffle, the read and the flips are vectorised.
 """
+import functools
+
 import grain
 import numpy as np
+
+from ddpm_jax.data import shapes
 
 # Prefetch whole batches, not examples: a few are enough to hide the read time
 # and grain's default buffer (500) of 64 px float batches would take gigabytes.
 _PREFETCH_BATCHES = 4
-_READ_THREADS = 2
+# One thread reads ahead while the training loop runs. A second one does not
+# read faster (the GIL serialises most of a batch's work) and, on 2 busy cores,
+# halved the rate, probably from GIL contention with the consumer (BENCHMARKS.md).
+_READ_THREADS = 1
+# Epoch orders kept per reader: near an epoch boundary the prefetching threads
+# (or, with few batches an epoch, the whole buffer) read from a few epochs at once.
+_CACHED_EPOCHS = 4
 _SHUFFLE, _FLIP = 0, 1  # purposes folded into the base seed
 
 
@@ -27,43 +43,106 @@ def local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Returns `image` mirrored left-right with probability 1/2."""
-  return image[:, ::-1] if rng.random() < 0.5 else image
+def read_images(source, indices: np.ndarray) -> np.ndarray:
+  """Returns uint8 [len(indices), H, W, 3]: the source's images at `indices`, in that order."""
+  if isinstance(source, shapes.ShapesSource):
+    # It has no `_getitems`, but draws any set of indices in one vectorised call.
+    return shapes.render_shapes(source.seed, source.split, indices, source.image_size)
+  if hasattr(source, '_getitems'):  # grain's batched read, e.g. one memmap gather
+    return np.stack(source._getitems(indices))  # pylint: disable=protected-access
+  return np.stack([source[int(index)] for index in indices])
+
+
+class EpochBatches:
+  """A grain `map_with_index` transform: step -> uint8 batch of this process's shard.
+
+  Each process owns every `process_count`-th example, so shards are disjoint
+  and together cover the data. Epoch e's order is a permutation of the shard
+  drawn from (seed, e) alone, so any step can be read first, by any worker,
+  with no state to carry; the remainder of each epoch is dropped.
+  """
+
+  def __init__(self, source, *, batch_size: int, seed: int, process_index: int,
+               process_count: int):
+    self.source = source
+    self.batch_size = batch_size
+    self.shard = range(process_index, len(source), process_count)
+    self.seed = derive_seed(seed, _SHUFFLE)
+    self.batches_per_epoch = len(self.shard) // batch_size
+    self._make_cache()
+
+  def _make_cache(self) -> None:
+    self._epoch_order = functools.lru_cache(maxsize=_CACHED_EPOCHS)(self._draw_epoch_order)
+
+  def _draw_epoch_order(self, epoch: int) -> np.ndarray:
+    """Returns the source indices of the shard in epoch `epoch`'s shuffled order."""
+    permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard))
+    return self.shard.start + self.shard.step * permutation
+
+  def __call__(self, step: int, batch: int) -> np.ndarray:
+    """Returns batch `batch` of the epoch that global step `step` falls in."""
+    order = self._epoch_order(step // self.batches_per_epoch)
+    return read_images(self.source, order[batch * self.batch_size:(batch + 1) * self.batch_size])
+
+  def __getstate__(self) -> dict:
+    # Sent to worker processes without the cached orders (nor the unpicklable cache).
+    return {k: v for k, v in self.__dict__.items() if k != '_epoch_order'}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._make_cache()
+
+
+def flip_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Returns `images` [N, H, W, C], each mirrored left-right with probability 1/2, in place."""
+  flipped = np.flatnonzero(rng.random(len(images)) < 0.5)
+  chosen = images[flipped]
+  mirrored = np.empty_like(chosen)
+  # A channel at a time: reversing W of [..., W, 3] at once makes numpy's
+  # inner loop 3 bytes long, 5x slower (3.5 vs 0.7 ms for 64 images at 64 px).
+  for channel in range(images.shape[-1]):
+    mirrored[..., channel] = chosen[:, :, ::-1, channel]
+  images[flipped] = mirrored
+  return images
 
 
 def to_model_input(images: np.ndarray) -> dict[str, np.ndarray]:
   """Returns {'image': float32 images in [-1, 1]} from a uint8 batch."""
-  # float32 constants: a float64 scalar makes numpy take a slow mixed-precision path (13 ms vs 0.6 ms a batch).
-  return {'image': images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)}
+  # float32 constants: a float64 scalar makes numpy take a slow mixed-precision
+  # path (13 ms vs 0.6 ms a batch); in place, to skip a temporary.
+  scaled = images.astype(np.float32)
+  scaled /= np.float32(127.5)
+  scaled -= np.float32(1.0)
+  return {'image': scaled}
 
 
 def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
                   process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
   """Returns this process's infinite MapDataset of shuffled, flipped float batches.
 
-  Each process reads every `process_count`-th example, so shards are disjoint
-  and together cover the data. Batching before `repeat` keeps every batch inside
-  one epoch; `repeat` folds the epoch into the shuffle and flip seeds, so each
-  epoch has its own order and its own flips.
+  Element i is batch i: `repeat` makes the epoch's batch numbers an infinite
+  sequence, `EpochBatches` reads each from its epoch's order, and the flips
+  are drawn per batch from (seed, i), so each epoch has its own order and its
+  own flips, and a restored iterator repeats them exactly.
   """
-  dataset = grain.MapDataset.source(source)[process_index::process_count]
-  if len(dataset) < batch_size:
+  batches = EpochBatches(source, batch_size=batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
+  if batches.batches_per_epoch == 0:
     raise ValueError(
-        f'The dataset has {len(dataset)} training examples for this process '
+        f'The dataset has {len(batches.shard)} training examples for this process '
         f'(of {len(source)} in all), fewer than one batch of {batch_size}; '
         'use a larger dataset or a smaller training.batch_size.')
-  dataset = dataset.shuffle(seed=derive_seed(seed, _SHUFFLE))
+  dataset = grain.MapDataset.range(batches.batches_per_epoch).repeat().map_with_index(batches)
   if flip:
-    dataset = dataset.random_map(random_flip, seed=derive_seed(seed, _FLIP))
-  dataset = dataset.batch(batch_size, drop_remainder=True)
-  return dataset.repeat().map(to_model_input)
+    dataset = dataset.random_map(flip_batch, seed=derive_seed(seed, _FLIP))
+  return dataset.map(to_model_input)
 
 
-def to_iterator(dataset: grain.MapDataset, num_workers: int) -> grain.DatasetIterator:
+def to_iterator(dataset: grain.MapDataset, num_workers: int,
+                num_threads: int = _READ_THREADS) -> grain.DatasetIterator:
   """Returns a checkpointable iterator over `dataset`, read by threads or worker processes."""
   read_options = grain.ReadOptions(
-      num_threads=_READ_THREADS, prefetch_buffer_size=_PREFETCH_BATCHES)
+      num_threads=num_threads, prefetch_buffer_size=_PREFETCH_BATCHES)
   iter_dataset = dataset.to_iter_dataset(read_options)
   if num_workers > 0:
     iter_dataset = iter_dataset.mp_prefetch(
