@@ -1,0 +1,223 @@
+"""The training loop: state, periodic logging, sample grids, evaluation and checkpoints; and sampling."""
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from ddpm_jax import checkpoints, data, images, schedules, sharding, train_step
+from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+  """What a run is built from: the model, its schedule and optimizer, and the jitted functions."""
+  model: UNet
+  mesh: object
+  schedule: schedules.Schedule
+  optimizer: object
+  learning_rate: object
+  step_fn: object
+  sample_fn: object
+
+
+def build(config: ml_collections.ConfigDict) -> Components:
+  """Returns the model, schedule, optimizer, jitted train step and sampler the config describes."""
+  model = UNet(UNetConfig(**config.model))
+  schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+  t = config.training
+  optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
+  step_fn = train_step.make_train_step(model.apply, schedule, optimizer, loss=config.diffusion.loss,
+                                       prediction=config.diffusion.prediction, ema_decay=t.ema_decay)
+  s = config.sampling
+  sample_fn = jax.jit(train_step.make_sampler(
+      model.apply, schedule, sampler=s.sampler, num_steps=s.num_steps, variance=s.variance, eta=s.eta,
+      clip_denoised=s.clip_denoised, prediction=config.diffusion.prediction), static_argnums=2)
+  return Components(model, sharding.make_mesh(), schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
+                    step_fn, sample_fn)
+
+
+def initial_state(config: ml_collections.ConfigDict, components: Components) -> train_step.TrainState:
+  """Returns the freshly initialised train state of the config's seed."""
+  params = train_step.init_params(components.model, config.data.image_size, config.seed)
+  rng = jax.random.PRNGKey(config.seed)
+  state = train_step.create_train_state(params, components.optimizer, rng)
+  return sharding.replicate(state, components.mesh)
+
+
+def abstract_state(config: ml_collections.ConfigDict, components: Components):
+  """Returns the shapes, dtypes and shardings of the train state, without computing it."""
+  return sharding.abstract_replicated(jax.eval_shape(lambda: initial_state(config, components)), components.mesh)
+
+
+def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Creates workdir, checks it is writable and saves config.json on first start (never overwrites it)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f'workdir {workdir!r} is not writable ({e.strerror}); choose another --workdir') from None
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    with open(path + '.tmp', 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + '.tmp', path)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json_best_effort(sort_keys=True))
+  if saved != current:
+    logging.warning('The config differs from %s, saved at the first start; resuming with the new one.', path)
+
+
+def is_time(step: int, every: int, num_steps: int) -> bool:
+  """Returns whether a periodic action is due after `step` (always at the last step)."""
+  return step == num_steps or (every > 0 and step % every == 0)
+
+
+def grid_key(state: train_step.TrainState):
+  """Returns the sampling key of the periodic grids: the same noise at every step, to compare progress."""
+  return jax.random.fold_in(state.rng, train_step.SAMPLING)
+
+
+def sample_batches(components: Components, params, rng, num_samples: int, batch_size: int, image_size: int):
+  """Yields batches of samples in [-1, 1], num_samples in all; every batch is sampled at one compiled shape."""
+  shape = (batch_size, image_size, image_size, 3)
+  for index, start in enumerate(range(0, num_samples, batch_size)):
+    batch = components.sample_fn(params, jax.random.fold_in(rng, index), shape)
+    yield batch[:min(batch_size, num_samples - start)]
+
+
+def write_grid(config, components: Components, state, workdir: str, writer, step: int) -> str:
+  """Samples the EMA params, writes workdir/samples/step_<N>.png and an image summary; returns the path."""
+  n = config.training.num_grid_samples
+  batches = sample_batches(components, state.ema_params, grid_key(state), n, n, config.data.image_size)
+  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), f'step_{step}', next(batches))
+  writer.write_images(step, {'samples': images.make_grid(images_uint8)[None]})
+  logging.info('Wrote %s', path)
+  return path
+
+
+class MetricsLog:
+  """Collects the train step's metrics on device and writes their means at log points."""
+
+  def __init__(self, writer, learning_rate):
+    self.writer, self.learning_rate, self.pending = writer, learning_rate, []
+
+  def add(self, metrics) -> None:
+    self.pending.append(metrics)
+
+  def write(self, step: int) -> dict:
+    """Writes mean loss, grad norm and the learning rate at `step`; the only host sync in the loop."""
+    if not self.pending:
+      return {}
+    stacked = jax.device_get(self.pending)
+    scalars = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+    scalars['learning_rate'] = float(self.learning_rate(step))
+    self.writer.write_scalars(step, scalars)
+    self.pending = []
+    return scalars
+
+
+def restore_or_init(config, components: Components, manager, train_iter):
+  """Returns the latest checkpoint's state (positioning train_iter) or, in a new workdir, a fresh one."""
+  if manager.latest_step() is None:
+    state = initial_state(config, components)
+    logging.info('Starting a new run: %d parameters.', count_params(state.params))
+    return state
+  return checkpoints.restore(manager, abstract_state(config, components), train_iter)
+
+
+def finished_step(manager, num_steps: int) -> int | None:
+  """Returns the latest checkpoint's step if it already reaches num_steps, else None."""
+  latest = manager.latest_step()
+  return latest if latest is not None and latest >= num_steps else None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_step.TrainState:
+  """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
+
+  Returns None, at once, when the workdir's run has already reached num_steps.
+  """
+  prepare_workdir(workdir, config)
+  t = config.training
+  manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
+  done = finished_step(manager, t.num_steps)
+  if done is not None:
+    logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, done, t.num_steps)
+    print(f'Run already finished at step {done} (training.num_steps={t.num_steps}); nothing to do.')
+    return None
+  components = build(config)
+  train_iter = data.make_train_loader(config.data, global_batch_size=t.batch_size, seed=config.seed,
+                                      process_index=jax.process_index(), process_count=jax.process_count())
+  state = restore_or_init(config, components, manager, train_iter)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if int(state.step) == 0:
+    writer.write_hparams(_flatten(config.to_dict()))
+  try:
+    state = run_loop(config, components, state, train_iter, manager, writer, workdir)
+  finally:
+    manager.wait_until_finished()
+    writer.flush()
+    train_iter.close()
+  return state
+
+
+def run_loop(config, components, state, train_iter, manager, writer, workdir):
+  """Returns the state after training from state.step to num_steps, with the periodic actions."""
+  t = config.training
+  first_step = int(state.step)
+  logging.info('Training from step %d to %d.', first_step, t.num_steps)
+  progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
+                                             every_steps=t.log_every_steps)
+  metrics_log = MetricsLog(writer, components.learning_rate)
+  for step in range(first_step + 1, t.num_steps + 1):
+    state, metrics = components.step_fn(state, sharding.global_batch(next(train_iter), components.mesh))
+    metrics_log.add(metrics)
+    progress(step)
+    if is_time(step, t.log_every_steps, t.num_steps):
+      metrics_log.write(step)
+    if is_time(step, t.sample_every_steps, t.num_steps):
+      write_grid(config, components, state, workdir, writer, step)
+    if is_time(step, t.checkpoint_every_steps, t.num_steps):
+      checkpoints.save(manager, step, state, train_iter)
+  return state
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  """Returns {'a.b': leaf} for a nested dict; sequences become strings (hparams take scalars)."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + '.'))
+    else:
+      flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+  return flat
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None) -> str:
+  """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path."""
+  components = build(config)
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
+  state = checkpoints.restore(manager, abstract_state(config, components), step=checkpoint_step)
+  step = int(state.step)
+  s = config.sampling
+  rng = jax.random.fold_in(jax.random.fold_in(state.rng, train_step.SAMPLING), step)
+  batches = [np.asarray(b) for b in sample_batches(components, state.ema_params, rng, s.num_samples, s.batch_size,
+                                                   config.data.image_size)]
+  name = f'sample_step_{step}_{s.sampler}{components.schedule.num_timesteps if s.sampler == "ddpm" else s.num_steps}'
+  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), name, np.concatenate(batches))
+  np.savez_compressed(os.path.join(workdir, 'samples', f'{name}.npz'), images=images_uint8)
+  logging.info('Wrote %s and %s.npz', path, name)
+  print(f'Wrote {len(images_uint8)} samples of step {step}: {path} and {name}.npz')
+  return path

@@ -1,0 +1,65 @@
+"""Start-up checks of a config: every user mistake becomes one line naming the key, the value and the fix."""
+import jax
+import ml_collections
+
+from ddpm_jax import data, diffusion, schedules
+from ddpm_jax.models.unet import UNetConfig
+
+
+def _positive_int(name: str, value, allow_zero: bool = False) -> None:
+  low = 0 if allow_zero else 1
+  if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    raise ValueError(f'{name}={value!r} must be an integer >= {low}')
+
+
+def _check_sampling(prefix: str, num_timesteps: int, sampler: str, num_steps) -> None:
+  diffusion.check_choice(f'{prefix}sampler', sampler, diffusion.SAMPLERS)
+  try:
+    diffusion.sampling_timesteps(num_timesteps, sampler, num_steps)
+  except ValueError as e:
+    raise ValueError(f'{prefix}num_steps: {e}') from None
+
+
+def check_diffusion(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a bad schedule, loss, prediction, sampler, variance or step count."""
+  d = config.diffusion
+  try:
+    schedules.make_schedule(d.schedule, d.num_timesteps)
+  except ValueError as e:
+    raise ValueError(f'diffusion.schedule / diffusion.num_timesteps: {e}') from None
+  diffusion.check_choice('diffusion.loss', d.loss, diffusion.LOSSES)
+  diffusion.check_choice('diffusion.prediction', d.prediction, diffusion.PREDICTIONS)
+  diffusion.check_choice('sampling.variance', config.sampling.variance, diffusion.VARIANCES)
+  _check_sampling('sampling.', d.num_timesteps, config.sampling.sampler, config.sampling.num_steps)
+  if config.eval.every_steps:
+    _check_sampling('eval.', d.num_timesteps, config.eval.sampler, config.eval.sampling_steps)
+
+
+def check_training(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a non-positive period, batch or step count, or a bad EMA decay."""
+  t = config.training
+  for key in ('batch_size', 'num_steps', 'log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
+              'keep_checkpoints', 'num_grid_samples'):
+    _positive_int(f'training.{key}', t[key])
+  _positive_int('training.warmup_steps', t.warmup_steps, allow_zero=True)
+  _positive_int('eval.every_steps', config.eval.every_steps, allow_zero=True)
+  for key in ('num_samples', 'batch_size'):
+    _positive_int(f'sampling.{key}', config.sampling[key])
+  if not 0.0 <= t.ema_decay < 1.0:
+    raise ValueError(f'training.ema_decay={t.ema_decay!r} must lie in [0, 1)')
+  if not t.learning_rate > 0:
+    raise ValueError(f'training.learning_rate={t.learning_rate!r} must be > 0')
+  if t.batch_size % jax.device_count():
+    raise ValueError(f'training.batch_size={t.batch_size} must be divisible by the {jax.device_count()} devices')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError with a one-line message at the first invalid setting of config."""
+  check_diffusion(config)
+  check_training(config)
+  model_config = UNetConfig(**config.model)
+  try:
+    model_config.validate(config.data.image_size)
+  except ValueError as e:
+    raise ValueError(f'model / data.image_size: {e}') from None
+  data.validate_data_config(config.data, config.training.batch_size, jax.process_count())

@@ -1,0 +1,23 @@
+"""A test-sized run: 8x8 shapes, a ~20k-parameter U-Net, a few steps. Compiles in seconds on a CPU."""
+from configs import quickstart
+
+
+def get_config():
+  config = quickstart.get_config()
+  config.data.image_size = 8
+  config.model.base_channels = 8
+  config.model.channel_mults = (1, 2)
+  config.model.attention_resolutions = (4,)
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 100
+  config.training.batch_size = 8
+  config.training.num_steps = 4
+  config.training.warmup_steps = 2
+  config.training.log_every_steps = 2
+  config.training.checkpoint_every_steps = 2
+  config.training.sample_every_steps = 2
+  config.training.num_grid_samples = 4
+  config.sampling.num_steps = 5
+  config.sampling.num_samples = 6
+  config.sampling.batch_size = 4
+  return config
