@@ -65,4 +65,6 @@ def get_config():
   ev.batch_size = 250  # images per sampling batch during evaluation
   ev.inception_weights = ''  # path to torch-fidelity Inception weights for offline machines ('' = download)
   ev.ms_ssim_pairs = 500  # random generated pairs averaged for MS-SSIM
+  ev.num_reference = 2020  # reference images (at most the split's size; Food-101's study test split has 2020)
+  ev.reference_cache_dir = ''  # where reference features are cached ('' = ~/.cache/ddpm_jax/reference_features)
   return config

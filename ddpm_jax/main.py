@@ -13,14 +13,24 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
-flags.DEFINE_enum('mode', 'train', ['train', 'sample'], 'What to do.')
-flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to sample from (default: the latest).')
+flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
+flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to sample from (default: the latest) or to evaluate '
+                     '(default: every checkpoint).')
 flags.DEFINE_bool('traceback', False, 'Show the full traceback of a configuration or input error.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # User mistakes (bad config values, paths, missing checkpoints) surface as these; they
 # become one line on stderr. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+
+
+def preload_torch_stack() -> None:
+  """Imports torchmetrics (and with it Triton) before TensorFlow, which CLU and TFDS load.
+
+  Triton's extension segfaults when it loads after TensorFlow's (seen with
+  tensorflow-cpu 2.21 and triton 3.8); loaded first, both work.
+  """
+  import torchmetrics  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def enable_compilation_cache() -> None:
@@ -35,6 +45,7 @@ def enable_compilation_cache() -> None:
 def run(config, workdir: str, mode: str, checkpoint_step) -> None:
   """Runs the mode on the config."""
   # Imported here so that --help and flag errors answer without loading JAX.
+  preload_torch_stack()
   from ddpm_jax import train, validation  # pylint: disable=g-import-not-at-top
   enable_compilation_cache()
   validation.validate_config(config)
@@ -42,6 +53,8 @@ def run(config, workdir: str, mode: str, checkpoint_step) -> None:
     train.train_and_evaluate(config, workdir)
   elif mode == 'sample':
     train.sample(config, workdir, checkpoint_step)
+  elif mode == 'eval':
+    train.evaluate_checkpoints(config, workdir, checkpoint_step)
 
 
 class _QuietLibraries(logging_lib.Filter):

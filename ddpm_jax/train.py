@@ -148,6 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
 
   Returns None, at once, when the workdir's run has already reached num_steps.
   """
+  components = build(config)
+  evaluation = make_evaluation(config, components)  # fails here, before training, if Inception can't be had
   prepare_workdir(workdir, config)
   t = config.training
   manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
@@ -156,7 +158,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
     logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, done, t.num_steps)
     print(f'Run already finished at step {done} (training.num_steps={t.num_steps}); nothing to do.')
     return None
-  components = build(config)
   train_iter = data.make_train_loader(config.data, global_batch_size=t.batch_size, seed=config.seed,
                                       process_index=jax.process_index(), process_count=jax.process_count())
   state = restore_or_init(config, components, manager, train_iter)
@@ -164,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   if int(state.step) == 0:
     writer.write_hparams(_flatten(config.to_dict()))
   try:
-    state = run_loop(config, components, state, train_iter, manager, writer, workdir)
+    state = run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation)
   finally:
     manager.wait_until_finished()
     writer.flush()
@@ -172,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   return state
 
 
-def run_loop(config, components, state, train_iter, manager, writer, workdir):
+def run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation=None):
   """Returns the state after training from state.step to num_steps, with the periodic actions."""
   t = config.training
   first_step = int(state.step)
@@ -188,9 +189,47 @@ def run_loop(config, components, state, train_iter, manager, writer, workdir):
       metrics_log.write(step)
     if is_time(step, t.sample_every_steps, t.num_steps):
       write_grid(config, components, state, workdir, writer, step)
+    if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
+      evaluate_and_write(evaluation, state, workdir, step, writer)
     if is_time(step, t.checkpoint_every_steps, t.num_steps):
       checkpoints.save(manager, step, state, train_iter)
   return state
+
+
+def make_evaluation(config, components: Components | None = None, force: bool = False):
+  """Returns the run's Evaluation when eval.every_steps > 0 (or force), else None; checks Inception first."""
+  if not (config.eval.every_steps or force):
+    return None
+  # eval_bridge loads torch: only when evaluating.
+  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+  evaluation_lib.check_setup(config, force=force)
+  components = components or build(config)
+  return evaluation_lib.Evaluation(config, components.model, components.schedule)
+
+
+def evaluate_and_write(evaluation, state, workdir: str, step: int, writer=None) -> dict:
+  """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
+  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+  metrics = evaluation.evaluate(state.ema_params, evaluation_lib.eval_key(state))
+  evaluation_lib.write_results(workdir, step, metrics, writer)
+  return metrics
+
+
+def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None):
+  """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
+  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+  components = build(config)
+  evaluation = make_evaluation(config, components, force=True)
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
+  steps = [checkpoint_step] if checkpoint_step is not None else sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory} to evaluate')
+  results = {}
+  for step in steps:
+    state = checkpoints.restore(manager, abstract_state(config, components), step=step)
+    results[step] = evaluate_and_write(evaluation, state, workdir, step)
+    print(evaluation_lib.summary(step, results[step]))
+  return results
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:

@@ -16,7 +16,7 @@ from ddpm_jax import diffusion
 from ddpm_jax.schedules import Schedule
 
 # Purposes folded into a step's key.
-TIMESTEPS, NOISE, DROPOUT, SAMPLING = 0, 1, 2, 3
+TIMESTEPS, NOISE, DROPOUT, SAMPLING, EVAL = 0, 1, 2, 3, 4
 
 
 @flax.struct.dataclass

@@ -4,3 +4,8 @@ import os
 # Must be set before JAX creates its CPU backend. LLVM's optimisation passes dominate the
 # compile time of even a tiny U-Net (~2.5x), and the tests' models run in milliseconds anyway.
 os.environ.setdefault('XLA_FLAGS', '--xla_backend_optimization_level=0')
+
+# Triton's extension segfaults when it loads after TensorFlow's (tensorflow-cpu 2.21, triton
+# 3.8); some test modules import TFDS, others diffusers/torchmetrics (which load Triton).
+# ddpm_jax.main loads the torch stack first for the same reason.
+import torchmetrics  # noqa: E402,F401  pylint: disable=g-import-not-at-top,unused-import

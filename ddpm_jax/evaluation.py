@@ -1,0 +1,98 @@
+"""FID, KID and MS-SSIM of EMA samples against the reference split, in training and in --mode=eval."""
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from ddpm_jax import data, train_step
+from eval_bridge import convert, evaluator, fidelity, reference
+
+METRICS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim')
+
+
+def check_setup(config: ml_collections.ConfigDict, force: bool = False) -> None:
+  """Raises a one-line ValueError, before any training, when evaluation is on and Inception can't be had."""
+  if config.eval.every_steps or force:
+    try:
+      fidelity.check_inception_weights(config.eval.inception_weights)
+    except RuntimeError as e:
+      raise ValueError(str(e)) from None
+
+
+def settings(config: ml_collections.ConfigDict) -> dict:
+  """Returns what makes metrics comparable: the sampler, its steps, the variance and the sample count."""
+  e = config.eval
+  return {'sampler': e.sampler, 'sampling_steps': e.sampling_steps, 'variance': config.sampling.variance,
+          'eta': config.sampling.eta, 'num_samples': e.num_samples}
+
+
+class Evaluation:
+  """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model, schedule):
+    self.config = config
+    self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
+    self.sample_fn = jax.jit(train_step.make_sampler(
+        model.apply, schedule, sampler=config.eval.sampler, num_steps=config.eval.sampling_steps,
+        variance=config.sampling.variance, eta=config.sampling.eta, clip_denoised=config.sampling.clip_denoised,
+        prediction=config.diffusion.prediction), static_argnums=2)
+    self._reference = None
+
+  def reference(self) -> reference.Reference:
+    """Returns the reference set's features, computed on first use and cached on disk."""
+    if self._reference is None:
+      c = self.config
+      count = min(c.eval.num_reference, len(data.make_source(c.data, c.data.eval_split, c.seed)))
+      features = reference.reference_features(
+          lambda: data.make_eval_iterator(c.data, c.data.eval_split, batch_size=64, max_examples=count,
+                                          seed=c.seed),
+          reference_cache_dir(c), dataset=f'{c.data.dataset}-seed{c.seed}', split=c.data.eval_split,
+          image_size=c.data.image_size, count=count, extractor=self.extractor)
+      self._reference = reference.make_reference(features)
+    return self._reference
+
+  def evaluate(self, params, rng) -> dict:
+    """Returns the metrics of eval.num_samples samples of params, streamed batch by batch, plus the settings."""
+    e = self.config.eval
+    scorer = evaluator.Evaluator(self.extractor, self.reference(), ms_ssim_pairs=e.ms_ssim_pairs,
+                                 total=e.num_samples, seed=self.config.seed)
+    shape = (e.batch_size, self.config.data.image_size, self.config.data.image_size, 3)
+    for index, start in enumerate(range(0, e.num_samples, e.batch_size)):
+      batch = self.sample_fn(params, jax.random.fold_in(rng, index), shape)[:e.num_samples - start]
+      scorer.update(convert.to_torch_uint8_nchw(batch))
+    return {**scorer.result(), **settings(self.config)}
+
+
+def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
+  """Returns where reference features are cached; a weights file of its own gets a folder of its own."""
+  root = config.eval.reference_cache_dir or os.path.join(
+      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ddpm_jax', 'reference_features')
+  weights = config.eval.inception_weights
+  return os.path.join(root, 'default' if not weights else f'weights-{abs(hash(os.path.abspath(weights))):x}')
+
+
+def eval_key(state: train_step.TrainState):
+  """Returns the sampling key of evaluations: the same noise at every step, so metric curves are less noisy."""
+  return jax.random.fold_in(state.rng, train_step.EVAL)
+
+
+def write_results(workdir: str, step: int, metrics: dict, writer=None) -> str:
+  """Writes workdir/eval/step_<N>.json (and eval/* scalars when a writer is given); returns the JSON path."""
+  path = os.path.join(workdir, 'eval', f'step_{step}.json')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'step': step, **metrics}, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  if writer is not None:
+    writer.write_scalars(step, {f'eval/{k}': metrics[k] for k in METRICS + ('num_samples',)})
+  logging.info('%s', summary(step, metrics))
+  return path
+
+
+def summary(step: int, metrics: dict) -> str:
+  """Returns the one-line summary of an evaluation."""
+  return (f'step {step}: FID {metrics["fid"]:.2f}  KID {metrics["kid_mean"]:.4f} ± {metrics["kid_std"]:.4f}  '
+          f'MS-SSIM {metrics["ms_ssim"]:.4f}  (n={metrics["num_samples"]}, {metrics["sampler"]} '
+          f'{metrics["sampling_steps"]} steps, {metrics["variance"]})')
