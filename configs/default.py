@@ -10,7 +10,7 @@ def get_config():
   config.seed = 0  # base PRNG seed: params, timesteps, noise, data order and flips derive from it
 
   config.data = data = ml_collections.ConfigDict()
-  data.dataset = 'shapes'  # 'shapes', 'tfds:NAME' or 'folder:PATH'
+  data.dataset = 'tfds:food101'  # 'shapes', 'tfds:NAME' (food101 uses the study's split) or 'folder:PATH'
   data.data_dir = ''  # TFDS data_dir / where the resized cache lives ('' = TFDS default, ~/tensorflow_datasets)
   data.image_size = 64  # square side in pixels; must be divisible by 2**(len(model.channel_mults)-1)
   data.eval_split = 'test'  # split used as the reference for FID/KID
@@ -47,6 +47,7 @@ def get_config():
   training.sample_every_steps = 15_000  # sample-grid period (defaults to the checkpoint period)
   training.keep_checkpoints = 3  # checkpoints kept on disk
   training.num_grid_samples = 64  # images in the periodic sample grid
+  training.max_nonfinite_steps = 20  # stop after this many NaN/Inf steps in a row (they are skipped, not applied)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.sampler = 'ddpm'  # ddpm | ddim

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ddpm_jax import errors
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
@@ -83,6 +85,12 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step)
+  except errors.NonFiniteError as e:
+    if FLAGS.traceback:
+      raise
+    logging.error('%s', e)
+    print(f'ddpm_jax: error: {e}', file=sys.stderr)
+    sys.exit(1)
   except USER_ERRORS as e:
     if FLAGS.traceback:
       raise

@@ -2,7 +2,7 @@
 import dataclasses
 import json
 import os
-import time
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from ddpm_jax import checkpoints, data, images, schedules, sharding, train_step
+from ddpm_jax import checkpoints, data, errors, images, schedules, sharding, train_step
 from ddpm_jax.models.unet import UNet, UNetConfig, count_params
 
 
@@ -121,7 +121,9 @@ class MetricsLog:
     if not self.pending:
       return {}
     stacked = jax.device_get(self.pending)
-    scalars = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+    # Skipped (non-finite) steps are counted, not averaged into the loss.
+    scalars = {k: float(np.sum([m[k] for m in stacked]) if k == 'nonfinite_steps' else
+                        np.nanmean([m[k] for m in stacked])) for k in stacked[0]}
     scalars['learning_rate'] = float(self.learning_rate(step))
     self.writer.write_scalars(step, scalars)
     self.pending = []
@@ -173,26 +175,63 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train
   return state
 
 
+class StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks, so a preempted run saves and exits cleanly."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def check_finite(state, manager, max_nonfinite_steps: int) -> None:
+  """Raises NonFiniteError when the last max_nonfinite_steps steps were all NaN/Inf (a host sync)."""
+  streak = int(state.nonfinite_streak)
+  if streak >= max_nonfinite_steps:
+    raise errors.NonFiniteError(
+        f'training stopped at step {int(state.step)}: {streak} steps in a row had a NaN/Inf loss or gradient '
+        f'(none was applied); the last good checkpoint is step {manager.latest_step()} in {manager.directory}')
+
+
 def run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation=None):
-  """Returns the state after training from state.step to num_steps, with the periodic actions."""
+  """Returns the state after training from state.step to num_steps (or to a SIGTERM/SIGINT), with the periodic actions."""
   t = config.training
   first_step = int(state.step)
   logging.info('Training from step %d to %d.', first_step, t.num_steps)
   progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                              every_steps=t.log_every_steps)
   metrics_log = MetricsLog(writer, components.learning_rate)
-  for step in range(first_step + 1, t.num_steps + 1):
-    state, metrics = components.step_fn(state, sharding.global_batch(next(train_iter), components.mesh))
-    metrics_log.add(metrics)
-    progress(step)
-    if is_time(step, t.log_every_steps, t.num_steps):
-      metrics_log.write(step)
-    if is_time(step, t.sample_every_steps, t.num_steps):
-      write_grid(config, components, state, workdir, writer, step)
-    if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
-      evaluate_and_write(evaluation, state, workdir, step, writer)
-    if is_time(step, t.checkpoint_every_steps, t.num_steps):
-      checkpoints.save(manager, step, state, train_iter)
+  with StopRequest() as stop:
+    for step in range(first_step + 1, t.num_steps + 1):
+      state, metrics = components.step_fn(state, sharding.global_batch(next(train_iter), components.mesh))
+      metrics_log.add(metrics)
+      progress(step)
+      if is_time(step, t.log_every_steps, t.num_steps):
+        metrics_log.write(step)
+        check_finite(state, manager, t.max_nonfinite_steps)
+      if is_time(step, t.sample_every_steps, t.num_steps):
+        write_grid(config, components, state, workdir, writer, step)
+      if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
+        evaluate_and_write(evaluation, state, workdir, step, writer)
+      if is_time(step, t.checkpoint_every_steps, t.num_steps) or stop.signal:
+        checkpoints.save(manager, step, state, train_iter)
+      if stop.signal:
+        logging.warning('%s received: saved checkpoint %d and stopped; run the same command to resume.',
+                        stop.signal, step)
+        print(f'{stop.signal}: saved checkpoint {step}; run the same command to resume.')
+        break
   return state
 
 

@@ -27,6 +27,7 @@ class TrainState:
   ema_params: Any
   opt_state: Any
   rng: jnp.ndarray
+  nonfinite_streak: jnp.ndarray  # steps in a row whose loss or gradient was NaN/Inf (and so not applied)
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -62,7 +63,7 @@ def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> 
   """Returns the state at step 0; the EMA starts as a copy of the params."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                    opt_state=optimizer.init(params), rng=rng)
+                    opt_state=optimizer.init(params), rng=rng, nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
 def step_key(rng, step, purpose: int):
@@ -83,12 +84,20 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedu
     return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=loss, prediction=prediction)
 
   loss_value, grads = jax.value_and_grad(compute_loss)(state.params)
+  grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, ema_decay)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
-  return new_state, {'loss': loss_value, 'grad_norm': optax.global_norm(grads)}
+  # A NaN/Inf loss or gradient leaves params, EMA and optimizer state as they were.
+  finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
+  keep_if_finite = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(
+      step=state.step + 1, params=keep_if_finite(params, state.params),
+      ema_params=keep_if_finite(ema_params, state.ema_params), opt_state=keep_if_finite(opt_state, state.opt_state),
+      nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+  metrics = {'loss': loss_value, 'grad_norm': grad_norm, 'nonfinite_steps': (~finite).astype(jnp.int32)}
+  return new_state, metrics
 
 
 def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,

@@ -39,7 +39,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a non-positive period, batch or step count, or a bad EMA decay."""
   t = config.training
   for key in ('batch_size', 'num_steps', 'log_every_steps', 'checkpoint_every_steps', 'sample_every_steps',
-              'keep_checkpoints', 'num_grid_samples'):
+              'keep_checkpoints', 'num_grid_samples', 'max_nonfinite_steps'):
     _positive_int(f'training.{key}', t[key])
   _positive_int('training.warmup_steps', t.warmup_steps, allow_zero=True)
   _positive_int('eval.every_steps', config.eval.every_steps, allow_zero=True)

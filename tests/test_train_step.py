@@ -96,3 +96,20 @@ def test_make_train_step_rejects_unknown_names():
     train_step.make_train_step(UNet(TINY).apply, schedule, optimizer, loss='l1', prediction='eps', ema_decay=0.9)
   with pytest.raises(ValueError, match="unknown prediction 'score'; valid: eps, x0, v"):
     train_step.make_train_step(UNet(TINY).apply, schedule, optimizer, loss='mse', prediction='score', ema_decay=0.9)
+
+
+def test_a_non_finite_step_is_not_applied_and_counted(compiled):
+  fresh, step = compiled
+  state = fresh()
+  before = jax.tree_util.tree_map(np.asarray, (state.params, state.ema_params, state.opt_state))
+  bad = {'image': fixed_batch()['image'].at[0, 0, 0, 0].set(jnp.nan)}
+  state, metrics = step(state, bad)
+  assert int(metrics['nonfinite_steps']) == 1 and int(state.nonfinite_streak) == 1 and int(state.step) == 1
+  after = jax.tree_util.tree_map(np.asarray, (state.params, state.ema_params, state.opt_state))
+  for x, y in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_array_equal(x, y)
+  state, _ = step(state, bad)
+  assert int(state.nonfinite_streak) == 2
+  state, metrics = step(state, fixed_batch())
+  assert int(metrics['nonfinite_steps']) == 0 and int(state.nonfinite_streak) == 0
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state.params))

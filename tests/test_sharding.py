@@ -1,0 +1,45 @@
+"""Data parallelism on 4 CPU devices: the same global batch gives the same step as on one device."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent('''
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh
+    from ddpm_jax import schedules, sharding, train_step
+    from ddpm_jax.models.unet import UNet, UNetConfig
+
+    assert jax.device_count() == 4, jax.devices()
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+                            num_groups=4, dropout=0.0))
+    schedule = schedules.make_schedule('linear', 100)
+    optimizer = train_step.make_optimizer(1e-3, 0, 1.0)
+    step = train_step.make_train_step(model.apply, schedule, optimizer, loss='mse', prediction='eps', ema_decay=0.9)
+    batches = [{'image': np.random.default_rng(i).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)} for i in range(3)]
+
+    def train(mesh):
+      state = train_step.create_train_state(train_step.init_params(model, 8, 0), optimizer, jax.random.PRNGKey(1))
+      state = sharding.replicate(state, mesh)
+      for batch in batches:
+        state, metrics = step(state, sharding.global_batch(batch, mesh))
+      return state, metrics
+
+    four, m4 = train(sharding.make_mesh())
+    one, m1 = train(Mesh(np.asarray(jax.devices()[:1]), (sharding.DATA_AXIS,)))
+    assert len(jax.tree_util.tree_leaves(four.params)[0].sharding.device_set) == 4
+    # Reductions over the batch run in another order on 4 devices: equal to float32 rounding.
+    np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(four.params), jax.tree_util.tree_leaves(one.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    print('EQUAL')
+''')
+
+
+def test_train_step_on_four_devices_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
+  result = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0 and 'EQUAL' in result.stdout, result.stderr[-3000:]
