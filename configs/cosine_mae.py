@@ -1,0 +1,10 @@
+"""A flagship run of the study: cosine schedule, eps-MAE loss, twice the training (600k steps)."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.diffusion.schedule = 'cosine'
+  config.diffusion.loss = 'mae'
+  config.training.num_steps = 600_000
+  return config

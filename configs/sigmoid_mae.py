@@ -1,0 +1,10 @@
+"""A flagship run of the study: sigmoid schedule, eps-MAE loss, twice the training (600k steps)."""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.diffusion.schedule = 'sigmoid'
+  config.diffusion.loss = 'mae'
+  config.training.num_steps = 600_000
+  return config

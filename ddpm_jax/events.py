@@ -1,0 +1,88 @@
+"""What a run left in its workdir: the scalars of its event files, config.json, evaluations and sample grids.
+
+CLU writes scalars as tensor summaries; tensorboard's EventAccumulator reads them.
+"""
+import dataclasses
+import glob
+import json
+import os
+import re
+
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+EVAL_KEYS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim', 'num_samples')  # what every eval/step_<N>.json holds
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What a report reads of one workdir."""
+  name: str
+  config: dict  # config.json
+  scalars: dict  # {tag: {step: value}} from the event files
+  evals: list  # the eval/step_<N>.json dicts, by step
+  grid_step: int | None  # step of the last samples/step_<N>.png
+  grid_path: str | None
+
+
+def scalars(workdir: str) -> dict[str, dict[int, float]]:
+  """Returns {tag: {step: value}} of the scalar summaries in workdir's TensorBoard event files.
+
+  A resumed run writes a new event file and may log a step again; the file written last wins.
+  """
+  values = {}
+  # The file names start with the creation time in seconds, so name order is write order.
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    accumulator = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    for tag in accumulator.Tags()['tensors']:
+      for event in accumulator.Tensors(tag):
+        value = tensor_util.make_ndarray(event.tensor_proto)
+        if value.dtype.kind in 'fiu' and value.size == 1:
+          values.setdefault(tag, {})[event.step] = float(value.reshape(-1)[0])
+  return values
+
+
+def check_workdir(workdir: str) -> None:
+  """Returns None; raises a one-line FileNotFoundError when workdir is no run's workdir."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir!r} does not exist')
+  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+    raise FileNotFoundError(f'workdir {workdir!r} has no config.json; pass the --workdir of a training run')
+
+
+def read_json(path: str) -> dict:
+  """Returns the parsed JSON file; a corrupt one is a one-line ValueError naming it."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno})') from None
+
+
+def files_by_step(directory: str, pattern: str) -> dict[int, str]:
+  """Returns {N: path} of the files in directory whose names match pattern, (\\d+) being the step."""
+  paths = glob.glob(os.path.join(directory, '*'))
+  matches = ((re.fullmatch(pattern, os.path.basename(p)), p) for p in paths)
+  return {int(m.group(1)): p for m, p in matches if m}
+
+
+def read_evals(workdir: str) -> list[dict]:
+  """Returns workdir's eval/step_<N>.json dicts by step; one missing a metric is a one-line ValueError."""
+  evals = []
+  for step, path in sorted(files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()):
+    evaluation = read_json(path)
+    missing = [key for key in EVAL_KEYS if key not in evaluation]
+    if missing:
+      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(EVAL_KEYS)}')
+    evals.append(evaluation | {'step': step})
+  return evals
+
+
+def read_run(workdir: str, name: str) -> Run:
+  """Returns the Run of workdir: config, logged scalars, evaluations and the last sample grid."""
+  check_workdir(workdir)
+  grids = files_by_step(os.path.join(workdir, 'samples'), r'step_(\d+)\.png')
+  grid_step = max(grids, default=None)
+  return Run(name, read_json(os.path.join(workdir, 'config.json')), scalars(workdir), read_evals(workdir),
+             grid_step, grids.get(grid_step))

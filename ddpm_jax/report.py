@@ -1,0 +1,339 @@
+"""Run workdirs → a table of metrics and four figures that compare the runs.
+
+  python -m ddpm_jax.report --workdirs runs/study/* --out reports/study
+
+Reads each workdir's config.json, event files (loss), eval/step_<N>.json (FID, KID, MS-SSIM)
+and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png, samples.png.
+"""
+import argparse
+import functools
+import json
+import math
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+from matplotlib import ticker
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ddpm_jax import events, schedules
+from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+
+MISSING = '—'
+FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'samples.png')
+
+
+def run_names(workdirs: list[str]) -> list[str]:
+  """Returns each workdir's basename, or its path where two basenames collide."""
+  paths = [os.path.normpath(w) for w in workdirs]
+  names = [os.path.basename(p) for p in paths]
+  return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
+
+
+@functools.lru_cache(maxsize=None)  # the study's six runs share one model: trace it once
+def _param_count(model_json: str, image_size: int) -> int:
+  """Returns the parameter count of the U-Net of the JSON-encoded model section (hashable, for the cache)."""
+  x = jnp.zeros((1, image_size, image_size, 3))
+  t = jnp.zeros((1,), jnp.int32)
+  model = UNet(UNetConfig(**json.loads(model_json)))
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x, t)
+  return count_params(shapes['params'])
+
+
+def param_count(config: dict, name: str) -> int:
+  """Returns the U-Net's parameter count for config.json's model and image size (shapes only, no compute)."""
+  try:
+    return _param_count(json.dumps(config['model'], sort_keys=True), config['data']['image_size'])
+  except TypeError as e:  # a key this version's UNetConfig doesn't know
+    raise ValueError(f'run {name}: config.json\'s model section does not fit this U-Net ({e})') from None
+
+
+def best_and_last(evals: list[dict]) -> tuple[dict | None, dict | None]:
+  """Returns the evaluation with the lowest FID and the last one (None, None without evaluations)."""
+  if not evals:
+    return None, None
+  return min(evals, key=lambda e: e['fid']), evals[-1]
+
+
+def eval_cells(evaluation: dict | None) -> list[str]:
+  """Returns the table cells step, n, FID, KID, MS-SSIM of one evaluation ('—' for none)."""
+  if evaluation is None:
+    return [MISSING] * 5
+  e = evaluation
+  return [f'{e["step"]:,}', f'{e["num_samples"]:,}', f'{e["fid"]:.2f}', f'{e["kid_mean"]:.4f} ± {e["kid_std"]:.4f}',
+          f'{e["ms_ssim"]:.4f}']
+
+
+def trained_steps(run: events.Run) -> str:
+  """Returns 'last logged step / training.num_steps'."""
+  last = max(run.scalars.get('loss', {}), default=0)
+  return f'{last:,} / {run.config["training"]["num_steps"]:,}'
+
+
+def table_row(run: events.Run) -> list[str]:
+  """Returns the table cells of one run."""
+  count = param_count(run.config, run.name)
+  best, last = best_and_last(run.evals)
+  diffusion = run.config['diffusion']
+  return [run.name, diffusion['schedule'], diffusion['loss'], trained_steps(run), f'{count:,}',
+          f'{count * 4 / 1e6:.1f} MB', *eval_cells(last), *eval_cells(best)]
+
+
+TABLE_HEADER = ['run', 'schedule', 'loss', 'trained steps', 'params', 'fp32 size', 'last eval step', 'n', 'FID',
+                'KID', 'MS-SSIM', 'best-FID step', 'n', 'FID', 'KID', 'MS-SSIM']
+
+
+def eval_settings(run: events.Run) -> set[str]:
+  """Returns the distinct sampler settings of the run's evaluations, e.g. {'ddim 100 steps, beta_tilde'}."""
+  return {f'{e.get("sampler")} {e.get("sampling_steps")} steps, {e.get("variance")}' for e in run.evals}
+
+
+def table_markdown(runs: list[events.Run]) -> str:
+  """Returns table.md: one row per run, then what the columns mean."""
+  lines = ['| ' + ' | '.join(TABLE_HEADER) + ' |', '|' + '---|' * len(TABLE_HEADER)]
+  lines += ['| ' + ' | '.join(table_row(run)) + ' |' for run in runs]
+  lines += ['', 'last = the last evaluated step; best = the evaluated step with the lowest FID; n = generated '
+            'samples per evaluation; KID is mean ± std over subsets; lower MS-SSIM = more diverse samples; '
+            f'{MISSING} = not evaluated.']
+  settings = sorted(set().union(*(eval_settings(run) for run in runs)))
+  if settings:
+    lines.append(f'Evaluation samplers: {"; ".join(settings)}.')
+  if len(settings) > 1:
+    lines.append('Warning: the runs were evaluated with different samplers; their metrics are not comparable.')
+  return '\n'.join(lines) + '\n'
+
+
+def smooth(values, weight: float) -> np.ndarray:
+  """Returns TensorBoard's debiased exponential moving average of values (weight 0 = no smoothing)."""
+  averaged, last = [], 0.0
+  for i, value in enumerate(values):
+    last = last * weight + (1 - weight) * value
+    averaged.append(last / (1 - weight**(i + 1)))
+  return np.asarray(averaged)
+
+
+def smoothing_weight(steps: np.ndarray, window: float) -> float:
+  """Returns the per-point EMA weight that averages over about `window` steps at the run's log spacing."""
+  if len(steps) < 2 or window <= 0:
+    return 0.0
+  spacing = float(np.median(np.diff(steps)))
+  return float(np.clip(1.0 - spacing / window, 0.0, 0.999))
+
+
+def loss_curves(runs: list[events.Run], window: float) -> dict[str, tuple]:
+  """Returns {run name: (steps, losses, smoothed losses)} of the runs that logged a finite loss."""
+  curves = {}
+  for run in runs:
+    points = sorted((s, v) for s, v in run.scalars.get('loss', {}).items() if np.isfinite(v))
+    if points:
+      steps, values = (np.asarray(a) for a in zip(*points))
+      curves[run.name] = steps, values, smooth(values, smoothing_weight(steps, window))
+  return curves
+
+
+def loss_y_axis(ax, curves: list[tuple], skip: float = 0.1) -> None:
+  """Fits the y axis to the smoothed curves past each run's first `skip` of steps; log if they span over 3x.
+
+  The first steep drop would otherwise flatten everything after it; no run's tail leaves the axis.
+  """
+  tails = np.concatenate([smoothed[steps >= skip * steps.max()] for steps, _, smoothed in curves])
+  if not tails.size or tails.min() <= 0:
+    return
+  low, high = tails.min() / 1.1, tails.max() * 1.25
+  if high / low > 3:
+    ax.set_yscale('log')
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # a few labels even within a decade
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:.3g}'))  # 0.03, not 3×10⁻²
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_ylim(low, high)
+
+
+def run_colors(runs: list[events.Run]) -> dict[str, tuple]:
+  """Returns one colour per run name, the same in every figure."""
+  cmap = matplotlib.colormaps['tab10' if len(runs) <= 10 else 'tab20']
+  return {run.name: cmap(i % cmap.N) for i, run in enumerate(runs)}
+
+
+def format_steps(ax) -> None:
+  """Puts whole steps on the x axis, labelled 0, 50k, 100k … instead of in scientific notation."""
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins='auto', steps=[1, 2, 2.5, 5, 10], integer=True))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v / 1000:g}k' if abs(v) >= 1000 else f'{v:g}'))
+
+
+def empty_panel(ax, message: str) -> None:
+  """Writes message in the middle of an empty panel."""
+  ax.text(0.5, 0.5, message, ha='center', va='center', transform=ax.transAxes, color='gray')
+
+
+def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
+  """Writes the loss curves, one panel per loss function (MSE and MAE aren't on one scale).
+
+  smoothing: the EMA window as a fraction of the longest run, the same number of steps for every run.
+  """
+  kinds = sorted({run.config['diffusion']['loss'] for run in runs})
+  fig, axes = new_figure(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+  colors = run_colors(runs)
+  longest = max([max(run.scalars.get('loss', {0: 0})) for run in runs])
+  curves = loss_curves(runs, smoothing * longest)
+  any_smoothing = any(smoothing_weight(steps, smoothing * longest) > 0 for steps, _, _ in curves.values())
+  note = f'EMA over ~{smoothing * longest:,.0f} steps, raw faint' if any_smoothing else 'unsmoothed'
+  for ax, kind in zip(axes[0], kinds):
+    names = [run.name for run in runs if run.config['diffusion']['loss'] == kind and run.name in curves]
+    for name in names:
+      steps, values, smoothed = curves[name]
+      ax.plot(steps, values, color=colors[name], alpha=0.25, linewidth=0.8)
+      ax.plot(steps, smoothed, color=colors[name], linewidth=1.8, label=name)
+    if names:
+      loss_y_axis(ax, [curves[name] for name in names])
+      ax.legend()
+    else:
+      empty_panel(ax, 'no loss logged')
+    ax.set(title=f'ε-{kind.upper()} training loss ({note})', xlabel='training step', ylabel=f'{kind} loss')
+    format_steps(ax)
+    ax.grid(True, which='both', alpha=0.3)
+  save(fig, path)
+
+
+METRIC_PANELS = (('fid', 'FID ↓'), ('kid_mean', 'KID ↓ (mean ± std)'),
+                 ('ms_ssim', 'MS-SSIM (lower = more diverse)'))
+
+
+def plot_metrics(runs: list[events.Run], path: str) -> None:
+  """Writes FID, KID and MS-SSIM against the training step, one panel each; a star marks the best FID."""
+  fig, axes = new_figure(1, 3, figsize=(18, 4.5))
+  colors = run_colors(runs)
+  for run in (r for r in runs if r.evals):
+    steps = [e['step'] for e in run.evals]
+    for ax, (key, _) in zip(axes, METRIC_PANELS):
+      ax.plot(steps, [e[key] for e in run.evals], marker='o', markersize=4, color=colors[run.name], label=run.name)
+    kid, kid_std = (np.array([e[k] for e in run.evals]) for k in ('kid_mean', 'kid_std'))
+    axes[1].fill_between(steps, kid - kid_std, kid + kid_std, color=colors[run.name], alpha=0.2)
+    best, _ = best_and_last(run.evals)
+    axes[0].plot(best['step'], best['fid'], marker='*', markersize=14, color=colors[run.name], linestyle='none')
+  for ax, (_, title) in zip(axes, METRIC_PANELS):
+    ax.set(title=title, xlabel='training step', ylabel=title.split(' ')[0])
+    format_steps(ax)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+      ax.legend()
+    else:
+      empty_panel(ax, 'no evaluations')
+  save(fig, path)
+
+
+def schedule_groups(runs: list[events.Run]) -> dict[tuple[str, int], list[str]]:
+  """Returns {(schedule, T): run names}, so runs sharing a schedule share a curve."""
+  groups = {}
+  for run in runs:
+    d = run.config['diffusion']
+    groups.setdefault((d['schedule'], d['num_timesteps']), []).append(run.name)
+  return groups
+
+
+def plot_schedules(runs: list[events.Run], path: str) -> None:
+  """Writes β_t (log scale) and ᾱ_t of each run's schedule; runs with the same schedule share a curve."""
+  groups = schedule_groups(runs)
+  same_length = len({length for _, length in groups}) == 1
+  fig, (beta_ax, alpha_ax) = new_figure(1, 2, figsize=(14, 4.5))
+  colors = run_colors(runs)
+  for (name, length), members in groups.items():
+    schedule = schedules.make_schedule(name, length)
+    t = np.arange(1, length + 1) if same_length else np.arange(1, length + 1) / length
+    label = f'{name}, T={length}: {", ".join(members)}'
+    beta_ax.plot(t, np.asarray(schedule.betas), color=colors[members[0]], label=label)
+    alpha_ax.plot(t, np.asarray(schedule.alphas_cumprod), color=colors[members[0]], label=label)
+  xlabel = 'timestep t' if same_length else 't / T'
+  beta_ax.set(title='β_t (noise added at step t)', xlabel=xlabel, ylabel='β_t', yscale='log')
+  alpha_ax.set(title='ᾱ_t (signal left after t steps)', xlabel=xlabel, ylabel='ᾱ_t', ylim=(-0.02, 1.02))
+  for ax in (beta_ax, alpha_ax):
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize='small')
+  save(fig, path)
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """Returns the image file as a uint8 HWC RGB array."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def plot_samples(runs: list[events.Run], path: str) -> None:
+  """Writes each run's last sample grid side by side (at most 3 a row), titled with run and step."""
+  columns = min(len(runs), 3)
+  rows = math.ceil(len(runs) / columns)
+  grids = {run.name: read_rgb(run.grid_path) for run in runs if run.grid_path}
+  side = max([max(g.shape[:2]) for g in grids.values()], default=300) / 100  # about 1 pixel per grid pixel
+  side = min(max(side, 3.0), 6.0)
+  fig, axes = new_figure(rows, columns, figsize=(side * columns, (side + 0.6) * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, run in zip(axes.flat, runs):
+    if run.name in grids:
+      ax.imshow(grids[run.name], interpolation='nearest')
+      ax.set_title(f'{run.name}\nstep {run.grid_step:,}')
+    else:
+      ax.set_title(run.name)
+      empty_panel(ax, 'no sample grid')
+  save(fig, path)
+
+
+def new_figure(rows: int, columns: int, figsize: tuple, squeeze: bool = True):
+  """Returns a Figure and its axes; a bare Figure renders with Agg and leaves pyplot's global state alone."""
+  fig = Figure(figsize=figsize, layout='tight')
+  return fig, fig.subplots(rows, columns, squeeze=squeeze)
+
+
+def save(fig, path: str) -> None:
+  """Writes the figure as a PNG."""
+  fig.savefig(path, dpi=100)
+
+
+def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list[str]:
+  """Writes table.md and the four figures of the workdirs' runs into out; returns their paths."""
+  for workdir in workdirs:  # every bad workdir is reported before any slow reading
+    events.check_workdir(workdir)
+  runs = [events.read_run(w, name) for w, name in zip(workdirs, run_names(workdirs))]
+  os.makedirs(out, exist_ok=True)
+  table = os.path.join(out, 'table.md')
+  with open(table, 'w') as f:
+    f.write(table_markdown(runs))
+  loss, metrics, schedule, samples = (os.path.join(out, name) for name in FIGURES)
+  plot_loss(runs, loss, smoothing)
+  plot_metrics(runs, metrics)
+  plot_schedules(runs, schedule)
+  plot_samples(runs, samples)
+  return [table, loss, metrics, schedule, samples]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  """Returns the parsed command line; a bad one exits with argparse's usage line."""
+  parser = argparse.ArgumentParser(prog='python -m ddpm_jax.report', description=__doc__.split('\n')[0])
+  parser.add_argument('--workdirs', nargs='+', required=True, help='workdirs of training runs, one row each')
+  parser.add_argument('--out', required=True, help='directory for table.md and the figures')
+  parser.add_argument('--smoothing', type=float, default=0.01,
+                      help='EMA window of the loss curves as a fraction of the longest run, in [0, 1) (0 = raw)')
+  args = parser.parse_args(argv)
+  if not 0.0 <= args.smoothing < 1.0:
+    parser.error(f'--smoothing={args.smoothing} must lie in [0, 1)')
+  return args
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Writes the report of the command line's workdirs; a bad workdir exits with one line and status 2."""
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    paths = write_report(args.workdirs, args.out, args.smoothing)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'ddpm_jax.report: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  with open(paths[0]) as f:
+    print(f.read())
+  print('Wrote ' + ', '.join(paths))
+
+
+if __name__ == '__main__':
+  main()

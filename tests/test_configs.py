@@ -1,0 +1,116 @@
+"""The configs: each loads and validates, the study's six are three-key diffs of default, CIFAR-10's U-Net size;
+and scripts/run_study.sh, which trains the six and reports on them."""
+import functools
+import glob
+import importlib
+import os
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from ddpm_jax import validation
+from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
+                      if not p.endswith('__init__.py'))
+# The study: three schedules and two losses on default's model and data; the two flagship runs train twice as long.
+STUDY = {
+    'linear_mse': ('linear', 'mse', 300_000),
+    'linear_mae': ('linear', 'mae', 300_000),
+    'cosine_mse': ('cosine', 'mse', 300_000),
+    'sigmoid_mse': ('sigmoid', 'mse', 300_000),
+    'cosine_mae': ('cosine', 'mae', 600_000),
+    'sigmoid_mae': ('sigmoid', 'mae', 600_000),
+}
+STUDY_KEYS = {'diffusion.schedule', 'diffusion.loss', 'training.num_steps'}
+
+
+def load(name: str):
+  """Returns the ConfigDict of configs/<name>.py."""
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def flatten(tree: dict, prefix: str = '') -> dict:
+  """Returns {'a.b': leaf} of a nested dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def test_every_study_config_exists():
+  assert set(STUDY) <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize('name', CONFIG_NAMES)
+def test_config_loads_and_validates(name):
+  validation.validate_config(load(name))
+
+
+@pytest.mark.parametrize('name', sorted(STUDY))
+def test_study_config_differs_from_default_only_in_schedule_loss_and_steps(name):
+  config, base = flatten(load(name).to_dict()), flatten(default.get_config().to_dict())
+  changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
+  assert changed <= STUDY_KEYS, f'{name} also changes {sorted(changed - STUDY_KEYS)}'
+  assert tuple(config[key] for key in ('diffusion.schedule', 'diffusion.loss', 'training.num_steps')) == STUDY[name]
+
+
+@functools.lru_cache(maxsize=None)
+def cifar_config():
+  return load('cifar10_ddpm')
+
+
+def test_cifar10_unet_has_the_papers_35_7m_parameters():
+  config = cifar_config()
+  size = config.data.image_size
+  init = functools.partial(UNet(UNetConfig(**config.model)).init, train=False)
+  shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32))
+  assert abs(count_params(shapes['params']) - 35.7e6) <= 0.1e6
+
+
+def test_cifar10_config_has_the_papers_training_and_sampling():
+  config = flatten(cifar_config().to_dict())
+  expected = {
+      'data.dataset': 'tfds:cifar10', 'data.image_size': 32, 'data.random_flip': True,
+      'diffusion.schedule': 'linear', 'diffusion.num_timesteps': 1000, 'diffusion.loss': 'mse',
+      'diffusion.prediction': 'eps', 'training.learning_rate': 2e-4, 'training.warmup_steps': 5000,
+      'training.grad_clip': 1.0, 'training.batch_size': 128, 'training.num_steps': 800_000,
+      'training.ema_decay': 0.9999, 'sampling.sampler': 'ddpm', 'sampling.num_steps': 1000,
+      'sampling.variance': 'beta', 'model.dropout': 0.1, 'model.num_heads': 1,
+  }
+  assert {key: config[key] for key in expected} == expected
+
+
+def run_study(tmp_path, fail_on: str = '', *args):
+  """Returns the finished scripts/run_study.sh with `python` stubbed to log its arguments, and the log's lines."""
+  stub, log = tmp_path / 'bin', tmp_path / 'calls.log'
+  stub.mkdir()
+  (stub / 'python').write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
+                               f'[[ -n "{fail_on}" && "$*" == *"{fail_on}"* ]] && exit 1\nexit 0\n')
+  (stub / 'python').chmod(0o755)
+  env = dict(os.environ, PATH=f'{stub}:{os.environ["PATH"]}', STUDY_DIR='S', REPORT_DIR='R')
+  result = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'run_study.sh'), *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+  return result, log.read_text().splitlines()
+
+
+def test_run_study_trains_the_six_configs_with_the_overrides_then_reports(tmp_path):
+  result, calls = run_study(tmp_path, '', '--config.data.data_dir=/data', '--config.seed=3')
+  assert result.returncode == 0, result.stderr
+  assert calls[:-1] == [f'-m ddpm_jax.main --config=configs/{name}.py --workdir=S/{name} '
+                        '--config.data.data_dir=/data --config.seed=3' for name in STUDY]
+  assert calls[-1] == '-m ddpm_jax.report --workdirs ' + ' '.join(f'S/{name}' for name in STUDY) + ' --out R'
+
+
+def test_run_study_stops_at_a_failed_run(tmp_path):
+  result, calls = run_study(tmp_path, 'cosine_mse')
+  assert result.returncode != 0
+  assert [call.split()[2] for call in calls] == ['--config=configs/linear_mse.py', '--config=configs/linear_mae.py',
+                                                '--config=configs/cosine_mse.py']
