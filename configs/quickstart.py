@@ -1,4 +1,8 @@
-"""A small U-Net (~1M parameters) on the built-in shapes at 16x16: shapes appear in a few minutes on 2 CPU cores."""
+"""A small U-Net (1.1M parameters) on the built-in shapes at 16x16: shapes appear in ~6 minutes on 2 CPU cores.
+
+Tuned on 2 shared CPU cores by trying batch, learning rate, steps, width and prediction type:
+many small steps beat fewer large ones at equal wall time (batch 16 runs ~3.7 steps/s).
+"""
 from configs import default
 
 
@@ -15,14 +19,14 @@ def get_config():
   config.model.num_groups = 8
   config.diffusion.schedule = 'cosine'
   config.diffusion.loss = 'mse'
-  config.training.batch_size = 64
-  config.training.num_steps = 400
-  config.training.learning_rate = 1e-3
+  config.training.batch_size = 16  # small batches, many steps: the fastest route to shapes on a CPU
+  config.training.num_steps = 1000
+  config.training.learning_rate = 2e-3
   config.training.warmup_steps = 50
   config.training.ema_decay = 0.995
   config.training.log_every_steps = 25
-  config.training.checkpoint_every_steps = 100
-  config.training.sample_every_steps = 200
+  config.training.checkpoint_every_steps = 250
+  config.training.sample_every_steps = 500
   config.training.keep_checkpoints = 2
   config.sampling.sampler = 'ddim'
   config.sampling.num_steps = 50

@@ -12,6 +12,7 @@ def get_config():
   config.diffusion.num_timesteps = 100
   config.training.batch_size = 8
   config.training.num_steps = 4
+  config.training.learning_rate = 1e-3
   config.training.warmup_steps = 2
   config.training.log_every_steps = 2
   config.training.checkpoint_every_steps = 2
