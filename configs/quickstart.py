@@ -22,7 +22,7 @@ def get_config():
   config.training.batch_size = 16  # small batches, many steps: the fastest route to shapes on a CPU
   config.training.num_steps = 1000
   config.training.learning_rate = 2e-3
-  config.training.warmup_steps = 50
+  config.training.warmup_steps = 25
   config.training.ema_decay = 0.995
   config.training.log_every_steps = 25
   config.training.checkpoint_every_steps = 250
@@ -30,5 +30,6 @@ def get_config():
   config.training.keep_checkpoints = 2
   config.sampling.sampler = 'ddim'
   config.sampling.num_steps = 50
+  config.sampling.eta = 1.0  # stochastic DDIM: clean shapes from a young model, where eta=0 leaves speckle
   config.eval.every_steps = 0
   return config
