@@ -40,6 +40,7 @@ from eval_bridge import fidelity
 from eval_bridge import ms_ssim
 from eval_bridge import reference
 from eval_bridge import testing
+from benchmarks import machine_info
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 64, 'Generated images to score.')
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 32, 'Side of the generated images.')
@@ -137,13 +138,9 @@ def measure() -> list[tuple[str, float | None]]:
 
 def machine() -> str:
   """Returns the platform, CPU model and count, accelerator and load average."""
-  model = platform.processor() or platform.machine()
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    model = names[0] if names else model
+  model = machine_info.cpu_model()
   gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU for torch'
-  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+  load = machine_info.load_average()
   return (f'{platform.platform()}; {model}; {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} '
           f'usable); {gpu}; JAX on {jax.devices()[0].platform}; load average {load}')
 

@@ -37,6 +37,7 @@ import ddpm_jax.data
 from ddpm_jax.data import folder_source
 from ddpm_jax.data import loader
 from ddpm_jax.data import preprocess
+from benchmarks import machine_info
 
 _NUM_IMAGES = flags.DEFINE_integer('num_images', 2048, 'JPEGs to generate.')
 _SOURCE_SIZE = flags.DEFINE_list('source_size', ['512', '384'], 'Width,height of each JPEG.')
@@ -156,12 +157,8 @@ def measure(jpeg_dir: str, cache_dir: str, paths: list[str]) -> list[tuple[str, 
 
 def machine() -> str:
   """Returns the CPU model, the CPUs this process may use and the load average."""
-  model = platform.processor() or platform.machine()
-  if os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    model = names[0] if names else model
-  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+  model = machine_info.cpu_model()
+  load = machine_info.load_average()
   return f'{model}; {preprocess.default_num_threads()} CPUs usable; load average {load}'
 
 
