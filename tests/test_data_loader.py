@@ -70,6 +70,7 @@ def index_iterator(length, batch_size=4, seed=0, flip=True, **shard):
 
 def shapes_config(**overrides):
   config = default.get_config().data
+  config.dataset = 'shapes'
   config.image_size = 16
   config.update(overrides)
   return config
@@ -261,6 +262,7 @@ def test_batches_that_cannot_be_filled_are_errors():
 
 def test_shapes_needs_no_tensorflow():
   code = ('import sys, ddpm_jax.data as d; from configs import default; '
-          'next(d.make_train_loader(default.get_config().data, global_batch_size=2, seed=0)); '
+          'c = default.get_config().data; c.dataset = "shapes"; '
+          'next(d.make_train_loader(c, global_batch_size=2, seed=0)); '
           'assert not [m for m in sys.modules if m.startswith("tensorflow")]')
   subprocess.run([sys.executable, '-c', code], check=True)
