@@ -18,6 +18,8 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and sample
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
 flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to sample from (default: the latest) or to evaluate '
                      '(default: every checkpoint).')
+flags.DEFINE_bool('allow_config_change', False, 'Resume a workdir whose saved config.json differs from --config in '
+                  'keys that change what is trained (model, diffusion, data, optimizer).')
 flags.DEFINE_bool('traceback', False, 'Show the full traceback of a configuration or input error.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -44,7 +46,7 @@ def enable_compilation_cache() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def run(config, workdir: str, mode: str, checkpoint_step) -> None:
+def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: bool = False) -> None:
   """Runs the mode on the config."""
   # Imported here so that --help and flag errors answer without loading JAX.
   preload_torch_stack()
@@ -52,7 +54,7 @@ def run(config, workdir: str, mode: str, checkpoint_step) -> None:
   enable_compilation_cache()
   validation.validate_config(config)
   if mode == 'train':
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   elif mode == 'sample':
     train.sample(config, workdir, checkpoint_step)
   elif mode == 'eval':
@@ -84,7 +86,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step)
+    run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.allow_config_change)
   except errors.NonFiniteError as e:
     if FLAGS.traceback:
       raise

@@ -145,7 +145,8 @@ def finished_step(manager, num_steps: int) -> int | None:
   return latest if latest is not None and latest >= num_steps else None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> train_step.TrainState:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> train_step.TrainState:
   """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
 
   Returns None, at once, when the workdir's run has already reached num_steps.
