@@ -133,6 +133,14 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
   assert set(shards[0]) | set(shards[1]) == set(range(40))
 
 
+def test_the_processes_batches_together_are_the_one_process_batch_flips_included():
+  for process_count in (2, 4):
+    parts = [take(index_iterator(48, batch_size=8 // process_count, seed=5, process_index=index,
+                                 process_count=process_count), 12) for index in range(process_count)]
+    for step, whole in enumerate(take(index_iterator(48, batch_size=8, seed=5), 12)):
+      np.testing.assert_array_equal(np.concatenate([part[step]['image'] for part in parts]), whole['image'])
+
+
 def test_sources_with_a_batched_read_give_the_same_batches_and_are_read_a_batch_at_a_time():
   batched = BatchedIndexSource(40)
   iterator = loader.to_iterator(
@@ -255,7 +263,7 @@ def test_batches_that_cannot_be_filled_are_errors():
     data.make_train_loader(shapes_config(), global_batch_size=8, seed=0, process_count=3)
   with pytest.raises(ValueError, match='fewer than one batch of 8'):
     loader.train_dataset(IndexSource(7), batch_size=8, seed=0, flip=True)
-  with pytest.raises(ValueError, match='fewer than one batch of 4'):
+  with pytest.raises(ValueError, match=r'fewer than one batch of 8 \(2 process\(es\) x 4\)'):
     loader.train_dataset(IndexSource(7), batch_size=4, seed=0, flip=True,
                          process_index=1, process_count=2)
 

@@ -54,35 +54,38 @@ def read_images(source, indices: np.ndarray) -> np.ndarray:
 
 
 class EpochBatches:
-  """A grain `map_with_index` transform: step -> uint8 batch of this process's shard.
+  """A grain `map_with_index` transform: step -> uint8 batch, this process's part of the global batch.
 
-  Each process owns every `process_count`-th example, so shards are disjoint
-  and together cover the data. Epoch e's order is a permutation of the shard
-  drawn from (seed, e) alone, so any step can be read first, by any worker,
-  with no state to carry; the remainder of each epoch is dropped.
+  Epoch e's order is a permutation of the whole dataset drawn from (seed, e)
+  alone; global batch b is the b-th run of `process_count * batch_size` examples
+  of it, and process p reads rows [p * batch_size, (p + 1) * batch_size) of that.
+  So the processes' batches are disjoint, together they are exactly the batch one
+  process would read, whatever the process count, and any step can be read
+  first, by any worker, with no state to carry. An epoch's remainder is dropped.
   """
 
   def __init__(self, source, *, batch_size: int, seed: int, process_index: int,
                process_count: int):
     self.source = source
     self.batch_size = batch_size
-    self.shard = range(process_index, len(source), process_count)
+    self.global_batch_size = batch_size * process_count
+    self.offset = process_index * batch_size
     self.seed = derive_seed(seed, _SHUFFLE)
-    self.batches_per_epoch = len(self.shard) // batch_size
+    self.batches_per_epoch = len(source) // self.global_batch_size
     self._make_cache()
 
   def _make_cache(self) -> None:
     self._epoch_order = functools.lru_cache(maxsize=_CACHED_EPOCHS)(self._draw_epoch_order)
 
   def _draw_epoch_order(self, epoch: int) -> np.ndarray:
-    """Returns the source indices of the shard in epoch `epoch`'s shuffled order."""
-    permutation = np.random.default_rng([self.seed, epoch]).permutation(len(self.shard))
-    return self.shard.start + self.shard.step * permutation
+    """Returns the dataset's indices in epoch `epoch`'s shuffled order."""
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
 
   def __call__(self, step: int, batch: int) -> np.ndarray:
-    """Returns batch `batch` of the epoch that global step `step` falls in."""
+    """Returns this process's rows of batch `batch` of the epoch that global step `step` falls in."""
     order = self._epoch_order(step // self.batches_per_epoch)
-    return read_images(self.source, order[batch * self.batch_size:(batch + 1) * self.batch_size])
+    start = batch * self.global_batch_size + self.offset
+    return read_images(self.source, order[start:start + self.batch_size])
 
   def __getstate__(self) -> dict:
     # Sent to worker processes without the cached orders (nor the unpicklable cache).
@@ -93,9 +96,26 @@ class EpochBatches:
     self._make_cache()
 
 
-def flip_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Returns `images` [N, H, W, C], each mirrored left-right with probability 1/2, in place."""
-  flipped = np.flatnonzero(rng.random(len(images)) < 0.5)
+class RandomFlips:
+  """A grain `map_with_index` transform: mirrors each image of step `step`'s batch with probability 1/2.
+
+  The coin flips are drawn for the whole global batch from (seed, step), and each
+  process takes its rows' flips, so they too do not depend on the process count.
+  """
+
+  def __init__(self, seed: int, *, batch_size: int, process_index: int, process_count: int):
+    self.seed = seed
+    self.rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
+    self.global_batch_size = batch_size * process_count
+
+  def __call__(self, step: int, images: np.ndarray) -> np.ndarray:
+    flips = np.random.default_rng([self.seed, step]).random(self.global_batch_size)[self.rows] < 0.5
+    return flip_batch(images, flips)
+
+
+def flip_batch(images: np.ndarray, flips: np.ndarray) -> np.ndarray:
+  """Returns `images` [N, H, W, C] with those where `flips` [N] is True mirrored left-right, in place."""
+  flipped = np.flatnonzero(flips)
   chosen = images[flipped]
   mirrored = np.empty_like(chosen)
   # A channel at a time: reversing W of [..., W, 3] at once makes numpy's
@@ -123,18 +143,19 @@ def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
   Element i is batch i: `repeat` makes the epoch's batch numbers an infinite
   sequence, `EpochBatches` reads each from its epoch's order, and the flips
   are drawn per batch from (seed, i), so each epoch has its own order and its
-  own flips, and a restored iterator repeats them exactly.
+  own flips, and a restored iterator repeats them exactly. `batch_size` is the
+  per-process batch; the processes' batches together form the global batch.
   """
-  batches = EpochBatches(source, batch_size=batch_size, seed=seed,
-                         process_index=process_index, process_count=process_count)
+  shard = dict(process_index=process_index, process_count=process_count)
+  batches = EpochBatches(source, batch_size=batch_size, seed=seed, **shard)
   if batches.batches_per_epoch == 0:
     raise ValueError(
-        f'The dataset has {len(batches.shard)} training examples for this process '
-        f'(of {len(source)} in all), fewer than one batch of {batch_size}; '
+        f'The dataset has {len(source)} training examples, fewer than one batch of '
+        f'{batches.global_batch_size} ({process_count} process(es) x {batch_size}); '
         'use a larger dataset or a smaller training.batch_size.')
   dataset = grain.MapDataset.range(batches.batches_per_epoch).repeat().map_with_index(batches)
   if flip:
-    dataset = dataset.random_map(flip_batch, seed=derive_seed(seed, _FLIP))
+    dataset = dataset.map_with_index(RandomFlips(derive_seed(seed, _FLIP), batch_size=batch_size, **shard))
   return dataset.map(to_model_input)
 
 
