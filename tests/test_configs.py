@@ -12,6 +12,7 @@ import pytest
 
 from configs import default
 from ddpm_jax import validation
+from ddpm_jax.workdir import flatten
 from ddpm_jax.models.unet import UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,17 +33,6 @@ STUDY_KEYS = {'diffusion.schedule', 'diffusion.loss', 'training.num_steps'}
 def load(name: str):
   """Returns the ConfigDict of configs/<name>.py."""
   return importlib.import_module(f'configs.{name}').get_config()
-
-
-def flatten(tree: dict, prefix: str = '') -> dict:
-  """Returns {'a.b': leaf} of a nested dict."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
 
 
 def test_every_study_config_exists():

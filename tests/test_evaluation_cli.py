@@ -6,7 +6,8 @@ import os
 import pytest
 
 from eval_bridge import testing
-from test_main import checkpoint_steps, cli, env, scalars  # noqa: F401  (env is a fixture)
+from clitools import cli
+from ddpm_jax.events import scalars
 
 EVAL_OVERRIDES = ('--config.eval.every_steps=4', '--config.eval.num_samples=8', '--config.eval.batch_size=4',
                   '--config.eval.num_reference=8', '--config.eval.sampling_steps=3', '--config.eval.ms_ssim_pairs=6')

@@ -3,34 +3,13 @@ import glob
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from clitools import checkpoint_steps, cli, start
 from ddpm_jax.events import scalars
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny.py')
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  """Returns the environment of the CLI runs: one shared XLA compilation cache for the module."""
-  environment = dict(os.environ)
-  environment['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('xla_cache'))
-  return environment
-
-
-def cli(env, *args, config=TINY):
-  """Returns the finished `python -m ddpm_jax.main` process."""
-  return subprocess.run([sys.executable, '-m', 'ddpm_jax.main', f'--config={config}', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
-
-
-def checkpoint_steps(workdir):
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
 
 
 @pytest.fixture(scope='module')
@@ -142,9 +121,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(env, tmp_path):
   import signal
   import time
   workdir = str(tmp_path / 'preempted')
-  process = subprocess.Popen([sys.executable, '-m', 'ddpm_jax.main', f'--config={TINY}', f'--workdir={workdir}',
-                              '--config.training.num_steps=100000', '--config.training.sample_every_steps=100000'],
-                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  process = start(env, f'--workdir={workdir}', '--config.training.num_steps=100000',
+                  '--config.training.sample_every_steps=100000')
   deadline = time.time() + 300
   while not os.path.isdir(os.path.join(workdir, 'checkpoints', '2')) and time.time() < deadline:
     time.sleep(0.5)

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clitools import ROOT, TINY, start
 from ddpm_jax import evaluation, report
 from ddpm_jax.models.unet import UNet, UNetConfig, count_params
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny.py')
 # Two runs that differ in schedule, loss and model size, so a row that mixed them up would show.
 RUNS = {
     'linear_mse_tiny': {'diffusion.schedule': 'linear', 'diffusion.loss': 'mse'},
@@ -49,19 +48,9 @@ def expected_params(overrides: dict) -> int:
   return count_params(shapes['params'])
 
 
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-  """Returns the environment of the CLI runs: one shared XLA compilation cache for the module."""
-  environment = dict(os.environ)
-  environment['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path_factory.mktemp('xla_cache'))
-  return environment
-
-
 def start_training(env, workdir: str, overrides: dict) -> subprocess.Popen:
   """Returns the started `python -m ddpm_jax.main` process training the tiny config into workdir."""
-  flags = [f'--config.{key}={value}' for key, value in overrides.items()]
-  return subprocess.Popen([sys.executable, '-m', 'ddpm_jax.main', f'--config={TINY}', f'--workdir={workdir}', *flags],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return start(env, f'--workdir={workdir}', *[f'--config.{key}={value}' for key, value in overrides.items()])
 
 
 @pytest.fixture(scope='module')

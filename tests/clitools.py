@@ -1,0 +1,36 @@
+"""Driving `python -m ddpm_jax.main` from tests: paths, runs and what they leave in a workdir."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny.py')
+
+
+def command(*args, config=TINY) -> list:
+  """Returns the argv of a CLI run of the config with the given flags."""
+  return [sys.executable, '-m', 'ddpm_jax.main', f'--config={config}', *args]
+
+
+def cli(env, *args, config=TINY, **kwargs) -> subprocess.CompletedProcess:
+  """Returns the finished CLI process (text output captured; 600 s at most)."""
+  return subprocess.run(command(*args, config=config), cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=600, **kwargs)
+
+
+def start(env, *args, config=TINY, **kwargs) -> subprocess.Popen:
+  """Returns the started CLI process, its output piped as text."""
+  return subprocess.Popen(command(*args, config=config), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def checkpoint_steps(workdir: str) -> list:
+  """Returns the steps of the workdir's checkpoints, ascending."""
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+
+
+def error_line(stderr: str) -> str:
+  """Returns the CLI's one-line error (libraries may log more around it); fails unless there is exactly one."""
+  lines = [line for line in stderr.splitlines() if line.startswith('ddpm_jax: error:')]
+  assert len(lines) == 1, stderr[-3000:]
+  return lines[0]
