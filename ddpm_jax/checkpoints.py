@@ -1,40 +1,159 @@
-"""Orbax checkpoints of the train state together with the data iterator's position."""
+"""Orbax checkpoints of the train state with the data iterator's position, and their integrity.
+
+A checkpoint holds three items: the state, the grain iterator's position and a digest
+(SHA-256 over the state's leaves). Orbax writes each checkpoint into a temporary
+directory and renames it when complete, so a save killed midway leaves no checkpoint
+under its step; the digest catches what that cannot: a file truncated, emptied or
+altered after the save. Restoring without a step takes the newest intact checkpoint and
+moves the damaged newer ones aside to checkpoints_corrupt/, never deleting them.
+"""
+import hashlib
 import os
+import re
+import shutil
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-STATE, DATA_ITERATOR = 'state', 'data_iterator'
+from ddpm_jax import errors
+
+STATE, DATA_ITERATOR, DIGEST = 'state', 'data_iterator', 'digest'
+CORRUPT_DIR = 'checkpoints_corrupt'
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Returns the CheckpointManager of workdir/checkpoints, keeping the newest `keep` checkpoints."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-                               item_names=(STATE, DATA_ITERATOR))
+                               item_names=(STATE, DATA_ITERATOR, DIGEST))
+
+
+def state_digest(state) -> str:
+  """Returns the SHA-256 of the state's leaves: their paths, dtypes, shapes and bytes."""
+  digest = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+    array = np.ascontiguousarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def error_reason(error: BaseException) -> str:
+  """Returns a short, one-line reason for an error of Orbax, TensorStore or the file system."""
+  if isinstance(error, OSError) and error.strerror:
+    return error.strerror
+  text = ' '.join(str(error).split())
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    return os.strerror(int(code.group(1)))
+  return (text[:300] + '...' if len(text) > 300 else text) or type(error).__name__
+
+
+def storage_error(manager: ocp.CheckpointManager, step: int, error: BaseException) -> errors.StorageError:
+  """Returns the one-line error of a failed save, naming the checkpoints that remain.
+
+  An async save's error surfaces at a later call, so the step is read from the failed
+  write's path where it names one (<step>.orbax-checkpoint-tmp), else `step` is used.
+  """
+  failed = re.search(r'/(\d+)\.orbax-checkpoint-tmp', str(error))
+  step = int(failed.group(1)) if failed else step
+  # From the disk: after a failed save the manager's own list may already omit the checkpoints it
+  # planned to delete once the new one was committed.
+  kept = steps_on_disk(manager)
+  resume = f'resume from step {kept[-1]}' if kept else 'start again'
+  return errors.StorageError(
+      f'could not save checkpoint {step} in {manager.directory}: {error_reason(error)}. Earlier checkpoints are '
+      f'intact: {kept}. Free disk space or fix the permissions, then run the same command to {resume}.')
+
+
+def steps_on_disk(manager: ocp.CheckpointManager) -> list:
+  """Returns the steps of the complete checkpoints in the manager's directory, ascending."""
+  directory = str(manager.directory)
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
-  """Saves the state (and the iterator's position, when given) as checkpoint `step`."""
-  items = {STATE: ocp.args.StandardSave(state)}
+  """Starts saving the state, its digest (and the iterator's position) as checkpoint `step`; the write is async."""
+  items = {STATE: ocp.args.StandardSave(state), DIGEST: ocp.args.JsonSave({'sha256': state_digest(state)})}
   if data_iterator is not None:
     items[DATA_ITERATOR] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  try:
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
+  except Exception as e:  # pylint: disable=broad-except  # the file system fails in many ways
+    raise storage_error(manager, step, e) from None
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
-  """Returns the state of checkpoint `step` (default: the latest); positions data_iterator in place."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
-  if step not in manager.all_steps():
-    raise ValueError(f'no checkpoint at step {step} in {manager.directory}; '
-                     f'available: {sorted(manager.all_steps())}')
+def check_saved(manager: ocp.CheckpointManager, step: int, wait: bool = False) -> None:
+  """Raises StorageError if the async save of checkpoint `step` failed; with wait, first waits for it to end."""
+  try:
+    if wait:
+      manager.wait_until_finished()
+    manager.check_for_errors()
+  except Exception as e:  # pylint: disable=broad-except
+    raise storage_error(manager, step, e) from None
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
+  """Returns checkpoint `step`'s state once its digest matches; positions data_iterator in place."""
   items = {STATE: ocp.args.StandardRestore(abstract_state)}
   if data_iterator is not None:
     items[DATA_ITERATOR] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
-  logging.info('Restored checkpoint %d from %s', step, manager.directory)
-  return restored[STATE]
+  state = manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+  try:
+    expected = manager.restore(step, args=ocp.args.Composite(**{DIGEST: ocp.args.JsonRestore()}))[DIGEST]['sha256']
+  except (KeyError, FileNotFoundError):
+    logging.warning('Checkpoint %d has no digest (written by an older version): not verified.', step)
+    return state
+  if state_digest(state) != expected:
+    raise ValueError('its contents do not match the digest written with it (a file was altered after the save)')
+  return state
 
+
+def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
+  """Returns where checkpoint `step` was moved: checkpoints_corrupt/<step> beside checkpoints/."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_DIR)
+  target, suffix = os.path.join(target_dir, str(step)), 1
+  while os.path.exists(target):
+    target, suffix = os.path.join(target_dir, f'{step}.{suffix}'), suffix + 1
+  if jax.process_index() == 0:
+    os.makedirs(target_dir, exist_ok=True)
+    shutil.move(source, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'quarantine checkpoint {step}')
+  manager.reload()
+  return target
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
+  """Returns the state of checkpoint `step`, or of the newest intact one; positions data_iterator in place.
+
+  Without a step, damaged checkpoints newer than the one restored are moved to
+  checkpoints_corrupt/. If none can be restored, nothing is moved and the error lists why.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {manager.directory}')
+  if step is not None and step not in steps:
+    raise ValueError(f'no checkpoint at step {step} in {manager.directory}; available: {sorted(steps)}')
+  failures = {}
+  for candidate in [step] if step is not None else steps:
+    try:
+      state = restore_verified(manager, candidate, abstract_state, data_iterator)
+    except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore fail in many ways
+      failures[candidate] = error_reason(e)
+      logging.warning('Checkpoint %d in %s cannot be restored: %s', candidate, manager.directory, failures[candidate])
+      continue
+    for bad in failures:
+      moved = quarantine(manager, bad)
+      logging.warning('Moved damaged checkpoint %d to %s; resuming from checkpoint %d.', bad, moved, candidate)
+      print(f'Checkpoint {bad} is damaged ({failures[bad]}); moved it to {moved} and resumed from {candidate}.')
+    logging.info('Restored checkpoint %d from %s', candidate, manager.directory)
+    return state
+  reasons = '; '.join(f'step {s}: {reason}' for s, reason in failures.items())
+  raise ValueError(f'no checkpoint in {manager.directory} can be restored ({reasons}). If the config changed '
+                   f'since training, use the one saved in the workdir (config.json)')

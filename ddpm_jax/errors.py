@@ -3,3 +3,7 @@
 
 class NonFiniteError(RuntimeError):
   """Training produced NaN/Inf losses or gradients for too many steps in a row."""
+
+
+class StorageError(RuntimeError):
+  """A checkpoint could not be written (disk full, permissions); the earlier ones are intact."""

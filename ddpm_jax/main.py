@@ -19,8 +19,14 @@ flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
 flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to sample from (default: the latest) or to evaluate '
                      '(default: every checkpoint).')
 flags.DEFINE_bool('allow_config_change', False, 'Resume a workdir whose saved config.json differs from --config in '
-                  'keys that change what is trained (model, diffusion, data, optimizer).')
+                  'keys that change what is trained (model, diffusion, data, optimizer, seed).')
 flags.DEFINE_bool('traceback', False, 'Show the full traceback of a configuration or input error.')
+# Multi-host: every process runs the same command with its own --process_id (README "Multiple GPUs
+# and hosts"); under srun none is needed (ddpm_jax/distributed.py says what is detected).
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 in a multi-process run (with '
+                    '--num_processes and --process_id).')
+flags.DEFINE_integer('num_processes', None, 'How many processes the multi-process run has.')
+flags.DEFINE_integer('process_id', None, "This process's index in the multi-process run, 0 to num_processes - 1.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # User mistakes (bad config values, paths, missing checkpoints) surface as these; they
@@ -46,9 +52,13 @@ def enable_compilation_cache() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
-def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: bool = False) -> None:
-  """Runs the mode on the config."""
+def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: bool = False, *,
+        coordinator_address: str | None = None, num_processes: int | None = None,
+        process_id: int | None = None) -> None:
+  """Runs the mode on the config (in a multi-process run when the last three arguments or SLURM say so)."""
   # Imported here so that --help and flag errors answer without loading JAX.
+  from ddpm_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize(coordinator_address, num_processes, process_id)  # before anything touches a device
   preload_torch_stack()
   from ddpm_jax import train, validation  # pylint: disable=g-import-not-at-top
   enable_compilation_cache()
@@ -56,17 +66,30 @@ def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: b
   if mode == 'train':
     train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   elif mode == 'sample':
-    train.sample(config, workdir, checkpoint_step)
+    train.sample(config, workdir, checkpoint_step, allow_config_change)
   elif mode == 'eval':
-    train.evaluate_checkpoints(config, workdir, checkpoint_step)
+    train.evaluate_checkpoints(config, workdir, checkpoint_step, allow_config_change)
 
 
 class _QuietLibraries(logging_lib.Filter):
-  """Drops the INFO chatter of Orbax and grain (dozens of lines a checkpoint); keeps their warnings."""
+  """Drops the INFO chatter of Orbax and grain (dozens of lines a checkpoint); keeps their warnings.
+
+  A failed save makes Orbax log each failing thread's traceback, and asyncio one more per
+  unwritten array at exit (thousands of lines for a U-Net). The run reports the failure in
+  one line of its own, so those keep one line each (without --traceback) and asyncio's go.
+  """
+
+  def __init__(self, tracebacks: bool):
+    super().__init__()
+    self.tracebacks = tracebacks
 
   def filter(self, record):
-    return record.levelno >= logging_lib.WARNING or not any(
-        part in record.pathname for part in ('/orbax/', '/grain/'))
+    from_library = any(part in record.pathname for part in ('/orbax/', '/grain/'))
+    if record.name == 'asyncio' and 'exception was never retrieved' in record.getMessage():
+      return self.tracebacks
+    if from_library and not self.tracebacks:
+      record.exc_info, record.exc_text = None, None
+    return record.levelno >= logging_lib.WARNING or not from_library
 
 
 def load_config():
@@ -84,10 +107,12 @@ def load_config():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.traceback))
   try:
-    run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.allow_config_change)
-  except errors.NonFiniteError as e:
+    run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.allow_config_change,
+        coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id)
+  except (errors.NonFiniteError, errors.StorageError) as e:
     if FLAGS.traceback:
       raise
     logging.error('%s', e)

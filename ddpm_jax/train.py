@@ -1,17 +1,16 @@
 """The training loop: state, periodic logging, sample grids, evaluation and checkpoints; and sampling."""
 import dataclasses
-import json
 import os
 import signal
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
 from ddpm_jax import checkpoints, data, errors, images, schedules, sharding, train_step
+from ddpm_jax import workdir as workdir_lib
 from ddpm_jax.models.unet import UNet, UNetConfig, count_params
 
 
@@ -56,27 +55,12 @@ def abstract_state(config: ml_collections.ConfigDict, components: Components):
   return sharding.abstract_replicated(jax.eval_shape(lambda: initial_state(config, components)), components.mesh)
 
 
-def prepare_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Creates workdir, checks it is writable and saves config.json on first start (never overwrites it)."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(f'workdir {workdir!r} is not writable ({e.strerror}); choose another --workdir') from None
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    with open(path + '.tmp', 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + '.tmp', path)
-    return
-  with open(path) as f:
-    saved = json.load(f)
-  current = json.loads(config.to_json_best_effort(sort_keys=True))
-  if saved != current:
-    logging.warning('The config differs from %s, saved at the first start; resuming with the new one.', path)
+def open_workdir(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
+  """Returns (the workdir's checkpoint manager, the config's changes) once the config may train there."""
+  workdir_lib.check_writable(workdir)
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
+  changes = workdir_lib.check_config(workdir, config, manager.latest_step() is not None, allow_config_change)
+  return manager, changes
 
 
 def is_time(step: int, every: int, num_steps: int) -> bool:
@@ -97,11 +81,17 @@ def sample_batches(components: Components, params, rng, num_samples: int, batch_
     yield batch[:min(batch_size, num_samples - start)]
 
 
-def write_grid(config, components: Components, state, workdir: str, writer, step: int) -> str:
-  """Samples the EMA params, writes workdir/samples/step_<N>.png and an image summary; returns the path."""
+def write_grid(config, components: Components, state, workdir: str, writer, step: int) -> str | None:
+  """Samples the EMA params, writes workdir/samples/step_<N>.png and an image summary; returns the path.
+
+  Every process samples (the params span them all); only process 0 writes, and the others return None.
+  """
   n = config.training.num_grid_samples
   batches = sample_batches(components, state.ema_params, grid_key(state), n, n, config.data.image_size)
-  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), f'step_{step}', next(batches))
+  grid_samples = next(batches)
+  if jax.process_index() != 0:
+    return None
+  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), f'step_{step}', grid_samples)
   writer.write_images(step, {'samples': images.make_grid(images_uint8)[None]})
   logging.info('Wrote %s', path)
   return path
@@ -139,12 +129,6 @@ def restore_or_init(config, components: Components, manager, train_iter):
   return checkpoints.restore(manager, abstract_state(config, components), train_iter)
 
 
-def finished_step(manager, num_steps: int) -> int | None:
-  """Returns the latest checkpoint's step if it already reaches num_steps, else None."""
-  latest = manager.latest_step()
-  return latest if latest is not None and latest >= num_steps else None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> train_step.TrainState:
   """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
@@ -153,27 +137,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   components = build(config)
   evaluation = make_evaluation(config, components)  # fails here, before training, if Inception can't be had
-  prepare_workdir(workdir, config)
   t = config.training
-  manager = checkpoints.make_manager(workdir, t.keep_checkpoints)
-  done = finished_step(manager, t.num_steps)
-  if done is not None:
-    logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, done, t.num_steps)
-    print(f'Run already finished at step {done} (training.num_steps={t.num_steps}); nothing to do.')
-    return None
+  manager, config_changes = open_workdir(config, workdir, allow_config_change)
   train_iter = data.make_train_loader(config.data, global_batch_size=t.batch_size, seed=config.seed,
                                       process_index=jax.process_index(), process_count=jax.process_count())
-  state = restore_or_init(config, components, manager, train_iter)
+  try:
+    state = restore_or_init(config, components, manager, train_iter)  # the newest intact checkpoint
+  except BaseException:
+    train_iter.close()
+    raise
+  if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
+    workdir_lib.record_config(workdir, config, config_changes)
+  if int(state.step) >= t.num_steps:
+    train_iter.close()
+    logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, state.step, t.num_steps)
+    print(f'Run already finished at step {int(state.step)} (training.num_steps={t.num_steps}); nothing to do.')
+    return None
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if int(state.step) == 0:
-    writer.write_hparams(_flatten(config.to_dict()))
+    writer.write_hparams(hparams(config))
   try:
     state = run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation)
   finally:
-    manager.wait_until_finished()
-    writer.flush()
-    train_iter.close()
+    close_quietly(manager, writer, train_iter)
   return state
+
+
+def close_quietly(manager, writer, train_iter) -> None:
+  """Waits for the pending save and flushes the writers; their errors are logged, not raised over the loop's."""
+  for close in (manager.wait_until_finished, writer.flush, train_iter.close):
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except  # the loop already reported what matters
+      logging.warning('While closing the run: %s', checkpoints.error_reason(e))
+
+
+def hparams(config: ml_collections.ConfigDict) -> dict:
+  """Returns the config flattened to {'a.b': scalar} (hparams take scalars: sequences become strings)."""
+  return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+          for key, value in workdir_lib.flatten(config.to_dict()).items()}
 
 
 class StopRequest:
@@ -206,6 +208,14 @@ def check_finite(state, manager, max_nonfinite_steps: int) -> None:
         f'(none was applied); the last good checkpoint is step {manager.latest_step()} in {manager.directory}')
 
 
+def save_checkpoint(manager, step: int, state, train_iter, previous_step: int | None) -> int:
+  """Returns `step` once its save has started, after checking that the previous save succeeded."""
+  if previous_step is not None:
+    checkpoints.check_saved(manager, previous_step)
+  checkpoints.save(manager, step, state, train_iter)
+  return step
+
+
 def run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation=None):
   """Returns the state after training from state.step to num_steps (or to a SIGTERM/SIGINT), with the periodic actions."""
   t = config.training
@@ -214,6 +224,7 @@ def run_loop(config, components, state, train_iter, manager, writer, workdir, ev
   progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                              every_steps=t.log_every_steps)
   metrics_log = MetricsLog(writer, components.learning_rate)
+  saved_step = None
   with StopRequest() as stop:
     for step in range(first_step + 1, t.num_steps + 1):
       state, metrics = components.step_fn(state, sharding.global_batch(next(train_iter), components.mesh))
@@ -222,17 +233,22 @@ def run_loop(config, components, state, train_iter, manager, writer, workdir, ev
       if is_time(step, t.log_every_steps, t.num_steps):
         metrics_log.write(step)
         check_finite(state, manager, t.max_nonfinite_steps)
+        if saved_step is not None:
+          checkpoints.check_saved(manager, saved_step)
       if is_time(step, t.sample_every_steps, t.num_steps):
         write_grid(config, components, state, workdir, writer, step)
       if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
         evaluate_and_write(evaluation, state, workdir, step, writer)
       if is_time(step, t.checkpoint_every_steps, t.num_steps) or stop.signal:
-        checkpoints.save(manager, step, state, train_iter)
+        saved_step = save_checkpoint(manager, step, state, train_iter, saved_step)
       if stop.signal:
-        logging.warning('%s received: saved checkpoint %d and stopped; run the same command to resume.',
-                        stop.signal, step)
-        print(f'{stop.signal}: saved checkpoint {step}; run the same command to resume.')
         break
+  if saved_step is not None:
+    checkpoints.check_saved(manager, saved_step, wait=True)  # a run ends only once its last checkpoint is on disk
+  if stop.signal:
+    logging.warning('%s received: saved checkpoint %d and stopped; run the same command to resume.', stop.signal,
+                    saved_step)
+    print(f'{stop.signal}: saved checkpoint {saved_step}; run the same command to resume.')
   return state
 
 
@@ -251,13 +267,16 @@ def evaluate_and_write(evaluation, state, workdir: str, step: int, writer=None) 
   """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
   from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
   metrics = evaluation.evaluate(state.ema_params, evaluation_lib.eval_key(state))
-  evaluation_lib.write_results(workdir, step, metrics, writer)
+  if jax.process_index() == 0:  # every process evaluates (the params span them all); one writes
+    evaluation_lib.write_results(workdir, step, metrics, writer)
   return metrics
 
 
-def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None):
+def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+                         allow_config_change: bool = False):
   """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
   from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_config(workdir, config, True, allow_config_change)
   components = build(config)
   evaluation = make_evaluation(config, components, force=True)
   manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
@@ -272,20 +291,13 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str, checkp
   return results
 
 
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  """Returns {'a.b': leaf} for a nested dict; sequences become strings (hparams take scalars)."""
-  flat = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict):
-      flat.update(_flatten(value, name + '.'))
-    else:
-      flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-  return flat
+def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+           allow_config_change: bool = False) -> str | None:
+  """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path.
 
-
-def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None) -> str:
-  """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path."""
+  Returns None on processes other than 0, which sample but write nothing.
+  """
+  workdir_lib.check_config(workdir, config, True, allow_config_change)
   components = build(config)
   manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
   state = checkpoints.restore(manager, abstract_state(config, components), step=checkpoint_step)
@@ -295,6 +307,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int
   batches = [np.asarray(b) for b in sample_batches(components, state.ema_params, rng, s.num_samples, s.batch_size,
                                                    config.data.image_size)]
   name = f'sample_step_{step}_{s.sampler}{components.schedule.num_timesteps if s.sampler == "ddpm" else s.num_steps}'
+  if jax.process_index() != 0:  # every process samples (the params span them all); process 0 writes
+    return None
   path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), name, np.concatenate(batches))
   np.savez_compressed(os.path.join(workdir, 'samples', f'{name}.npz'), images=images_uint8)
   logging.info('Wrote %s and %s.npz', path, name)

@@ -1,0 +1,142 @@
+"""Checkpoint integrity: damaged checkpoints are detected and set aside, failed saves are clear errors."""
+import glob
+import os
+import resource
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddpm_jax import checkpoints, errors
+
+
+def make_state(scale):
+  return {'params': jnp.arange(50_000, dtype=jnp.float32) * scale, 'step': jnp.asarray(scale, jnp.int32)}
+
+
+ABSTRACT = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), make_state(1))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  """Returns a workdir with checkpoints 1, 2 and 3 (state scaled by the step)."""
+  manager = checkpoints.make_manager(str(tmp_path), keep=5)
+  for step in (1, 2, 3):
+    checkpoints.save(manager, step, make_state(step))
+  checkpoints.check_saved(manager, 3, wait=True)
+  return str(tmp_path)
+
+
+def step_dir(workdir, step):
+  return os.path.join(workdir, 'checkpoints', str(step))
+
+
+def data_file(workdir, step):
+  """Returns the largest array-data file of a checkpoint (where the params' bytes are)."""
+  return max(glob.glob(os.path.join(step_dir(workdir, step), 'state', '**', 'd', '*'), recursive=True),
+             key=os.path.getsize)
+
+
+def truncate(path):
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def overwrite_bytes(path):
+  """Zeroes 256 bytes in the middle of the file: its size and structure stay valid."""
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(256))
+
+
+def drop_item(workdir, step):
+  shutil.rmtree(os.path.join(step_dir(workdir, step), 'state'))
+
+
+def restore_latest(workdir):
+  manager = checkpoints.make_manager(workdir, keep=5)
+  return checkpoints.restore(manager, ABSTRACT), manager
+
+
+def test_intact_checkpoints_restore_exactly(workdir):
+  state, manager = restore_latest(workdir)
+  assert int(state['step']) == 3
+  np.testing.assert_array_equal(state['params'], make_state(3)['params'])
+  explicit = checkpoints.restore(manager, ABSTRACT, step=1)
+  np.testing.assert_array_equal(explicit['params'], make_state(1)['params'])
+
+
+@pytest.mark.parametrize('damage', [
+    lambda w: truncate(data_file(w, 3)),
+    lambda w: overwrite_bytes(data_file(w, 3)),  # only the digest sees this one
+    lambda w: drop_item(w, 3),
+    lambda w: truncate(os.path.join(step_dir(w, 3), 'state', '_METADATA')),
+], ids=['truncated file', 'altered bytes', 'missing item', 'truncated metadata'])
+def test_damaged_latest_falls_back_to_the_newest_intact_and_is_kept_aside(workdir, damage, capsys):
+  damage(workdir)
+  state, manager = restore_latest(workdir)
+  assert int(state['step']) == 2
+  np.testing.assert_array_equal(state['params'], make_state(2)['params'])
+  assert sorted(manager.all_steps()) == [1, 2]
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints_corrupt', '3'))  # moved, not deleted
+  assert 'Checkpoint 3 is damaged' in capsys.readouterr().out
+  checkpoints.save(manager, 3, make_state(3))  # the step can be saved again
+  checkpoints.check_saved(manager, 3, wait=True)
+  assert int(restore_latest(workdir)[0]['step']) == 3
+
+
+def test_two_damaged_checkpoints_fall_back_two_steps(workdir):
+  truncate(data_file(workdir, 3))
+  drop_item(workdir, 2)
+  state, manager = restore_latest(workdir)
+  assert int(state['step']) == 1 and sorted(manager.all_steps()) == [1]
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints_corrupt'))) == ['2', '3']
+
+
+def test_nothing_restorable_is_one_error_and_moves_nothing(workdir):
+  wrong_shape = {'params': jax.ShapeDtypeStruct((7,), jnp.float32), 'step': jax.ShapeDtypeStruct((), jnp.int32)}
+  manager = checkpoints.make_manager(workdir, keep=5)
+  with pytest.raises(ValueError, match=r'no checkpoint in .* can be restored \(step 3: .*step 2: .*step 1: '):
+    checkpoints.restore(manager, wrong_shape)
+  assert sorted(manager.all_steps()) == [1, 2, 3]
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints_corrupt'))
+
+
+def test_a_damaged_requested_step_is_an_error_not_a_fallback(workdir):
+  overwrite_bytes(data_file(workdir, 2))
+  manager = checkpoints.make_manager(workdir, keep=5)
+  with pytest.raises(ValueError, match='step 2: its contents do not match the digest'):
+    checkpoints.restore(manager, ABSTRACT, step=2)
+  with pytest.raises(ValueError, match=r'no checkpoint at step 9 .* available: \[1, 2, 3\]'):
+    checkpoints.restore(manager, ABSTRACT, step=9)
+  assert sorted(manager.all_steps()) == [1, 2, 3]
+
+
+def test_a_failed_save_is_a_storage_error_and_keeps_the_earlier_checkpoints(workdir):
+  manager = checkpoints.make_manager(workdir, keep=5)
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, hard))  # "disk full" for files past 50 kB (Python ignores SIGXFSZ)
+  try:
+    checkpoints.save(manager, 4, make_state(4))
+    with pytest.raises(errors.StorageError) as error:
+      checkpoints.check_saved(manager, 4, wait=True)
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+  message = str(error.value)
+  assert '\n' not in message
+  assert message.startswith(f'could not save checkpoint 4 in {workdir}/checkpoints: File too large.')
+  assert 'Earlier checkpoints are intact: [1, 2, 3]' in message and 'resume from step 3' in message
+  state, manager = restore_latest(workdir)
+  assert int(state['step']) == 3
+  assert sorted(checkpoints.make_manager(workdir, keep=5).all_steps()) == [1, 2, 3]
+  assert not [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in d]  # cleaned at the next start
+
+
+def test_the_digest_covers_every_leaf_and_its_path():
+  state = make_state(2)
+  assert checkpoints.state_digest(state) == checkpoints.state_digest(jax.device_get(state))
+  assert checkpoints.state_digest(state) != checkpoints.state_digest({**state, 'step': jnp.asarray(3, jnp.int32)})
+  renamed = {'other': state['params'], 'step': state['step']}
+  assert checkpoints.state_digest(state) != checkpoints.state_digest(renamed)

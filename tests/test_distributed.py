@@ -1,0 +1,133 @@
+"""Two processes on JAX's distributed runtime train like one process with two devices; only process 0 writes."""
+import glob
+import os
+import re
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from clitools import ROOT, checkpoint_steps, command
+from ddpm_jax import distributed
+from ddpm_jax.events import scalars
+
+# All three runs together; a coordinator waiting for a peer that never comes must not hang CI.
+# (~2-5 min on 2 busy cores with a cold compilation cache.)
+TIMEOUT_S = 600
+FAST_COMPILE = '--xla_backend_optimization_level=0'  # as tests/conftest.py
+
+@pytest.fixture
+def local_env(env):
+  """Returns the session's CLI environment without SLURM variables: the runs must not join a real job."""
+  return {k: v for k, v in env.items() if not k.startswith('SLURM_')}
+
+
+def free_port() -> int:
+  """Returns a TCP port on 127.0.0.1 that was free a moment ago."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start(env, argv, xla_flags):
+  """Returns the started process of argv, with its output piped as text."""
+  return subprocess.Popen(argv, cwd=ROOT, env=dict(env, XLA_FLAGS=xla_flags), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def finish(processes: dict) -> dict:
+  """Returns {name: (returncode, stderr)} once all end; kills them all if they are not done in TIMEOUT_S."""
+  deadline, results = time.monotonic() + TIMEOUT_S, {}
+  try:
+    for name, process in processes.items():
+      _, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+      results[name] = (process.returncode, stderr)
+  except subprocess.TimeoutExpired:
+    for process in processes.values():
+      process.kill()
+    tails = {name: process.communicate()[1][-2000:] for name, process in processes.items()}
+    pytest.fail(f'the runs did not end in {TIMEOUT_S} s; stderr tails: {tails}')
+  failed = {name: stderr[-3000:] for name, (code, stderr) in results.items() if code != 0}
+  assert not failed, failed
+  return results
+
+
+def restore_state(workdir: str, step: int) -> dict:
+  """Returns checkpoint `step`'s train state as numpy arrays (host memory: any device count can read it)."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+@pytest.mark.slow
+def test_two_processes_end_where_one_process_with_two_devices_does(local_env, tmp_path):
+  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
+  cluster = [f'--workdir={two}', f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
+  processes = {f'process {i}': start(local_env, command(*cluster, f'--process_id={i}'), FAST_COMPILE)
+               for i in range(2)}
+  # The reference: the plain CLI in one process with two CPU devices (the loader gives each process its rows
+  # of the one-process global batch, so both runs train on the same batches).
+  processes['reference'] = start(local_env, command(f'--workdir={one}'),
+                                 f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')
+  results = finish(processes)
+
+  # Each process saved its own data-iterator position: they ran as processes 0 and 1 of 2.
+  assert sorted(os.listdir(os.path.join(two, 'checkpoints', '4', 'data_iterator'))) == [
+      'commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
+  assert checkpoint_steps(two) == checkpoint_steps(one) == [2, 4]
+  # Gradients are summed over the two devices by gloo across processes and by XLA within one:
+  # other code, free to add in another order. Two addends commute, and today the states agree bit
+  # for bit; the tolerance (float32 rounding, amplified a little by Adam) leaves room for another
+  # order, while other data or a lost step moves params by ~1e-3.
+  distributed_state, reference_state = restore_state(two, 4), restore_state(one, 4)
+  assert int(distributed_state['step']) == int(reference_state['step']) == 4
+  for name in ('params', 'ema_params'):
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           distributed_state[name], reference_state[name])
+  logged, reference_logged = scalars(two), scalars(one)
+  assert set(logged['loss']) == {2, 4}
+  for step in (2, 4):
+    assert logged['loss'][step] == pytest.approx(reference_logged['loss'][step], rel=1e-5)
+
+  # Process 0 alone wrote the logs, the grids and config.json; process 1 only logged to stderr.
+  assert len(glob.glob(os.path.join(two, 'events.out.tfevents.*'))) == 1
+  assert sorted(os.listdir(os.path.join(two, 'samples'))) == ['step_2.png', 'step_4.png']
+  assert os.path.exists(os.path.join(two, 'config.json'))
+  assert 'Wrote ' in results['process 0'][1] and 'Wrote ' not in results['process 1'][1]
+
+
+@pytest.mark.parametrize('flags,message', [
+    ({'num_processes': 2}, '--num_processes=2 needs --coordinator_address and --process_id'),
+    ({'coordinator_address': 'h:1', 'process_id': 0}, 'needs --num_processes'),
+    ({'coordinator_address': 'h:1', 'num_processes': 2, 'process_id': 2}, '--process_id=2 must be in 0..1'),
+    ({'coordinator_address': 'h:1', 'num_processes': 0, 'process_id': 0}, '--num_processes=0 must be at least 1'),
+    ({'coordinator_address': 'localhost', 'num_processes': 2, 'process_id': 0}, "'localhost' must be HOST:PORT"),
+])
+def test_bad_flag_combinations_are_one_line_errors(flags, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    distributed.check_flags(flags.get('coordinator_address'), flags.get('num_processes'), flags.get('process_id'))
+
+
+def test_cli_reports_a_bad_combination_in_one_line_before_starting_anything(local_env, tmp_path):
+  result = subprocess.run(command(f'--workdir={tmp_path}/w', '--num_processes=2', '--process_id=1'), cwd=ROOT,
+                          env=local_env, capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 2 and 'Traceback' not in result.stderr
+  assert ('ddpm_jax: error: --num_processes=2, --process_id=1 needs --coordinator_address; pass all three'
+          in result.stderr), result.stderr[-2000:]
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_slurm_is_detected_only_for_several_srun_tasks():
+  srun = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': 'node[01-02]', 'SLURM_NTASKS': '2', 'SLURM_PROCID': '1',
+          'SLURM_LOCALID': '0'}
+  assert distributed.slurm_has_many_tasks(srun)
+  assert not distributed.slurm_has_many_tasks(dict(srun, SLURM_NTASKS='1'))
+  batch_shell = {k: v for k, v in srun.items() if k != 'SLURM_STEP_NODELIST'}
+  assert not distributed.slurm_has_many_tasks(batch_shell)
+  assert not distributed.slurm_has_many_tasks({})
