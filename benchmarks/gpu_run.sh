@@ -64,6 +64,7 @@ run_step 190 benchmarks.train_throughput --models=cifar10 --dtypes=bfloat16,floa
     --batch_sizes=128,256 --steps=20 --warmup_steps=3
 run_step 120 benchmarks.sampling --models=cifar10 --dtypes=bfloat16,float32 --batch_size=256 \
     --ddpm_timed_steps=200 --ddim_steps=100
+run_step 60 benchmarks.bf16_loss_curve --steps=500 --batch_size=128 --image_size=32 --base_channels=64
 run_step 0 benchmarks.train_throughput --models=default --dtypes=bfloat16,float32 \
     --batch_sizes=128,256 --steps=10 --warmup_steps=2
 copy_out

@@ -17,6 +17,7 @@ def get_config():
   data.random_flip = True  # random horizontal flip at train time, per example
   data.strict = False  # folder datasets: fail on an unreadable image instead of skipping it
   data.num_workers = 0  # grain worker processes (0 = read in the main process)
+  data.on_device = False  # keep the whole train split in device memory and draw batches inside the train step
 
   config.model = model = ml_collections.ConfigDict()
   # 63,322,371 parameters (253 MB in fp32), near the study's 258 MB model.
@@ -28,6 +29,8 @@ def get_config():
   model.dropout = 0.1  # dropout inside residual blocks during training
   model.num_groups = 32  # GroupNorm groups
   model.dtype = 'float32'  # compute dtype of convolutions and attention (params stay float32): float32 | bfloat16
+  # jax.nn.dot_product_attention's implementation: None picks cuDNN's fused kernel where it applies, else XLA.
+  model.attention_impl = ml_collections.config_dict.placeholder(str)  # None | 'xla' | 'cudnn'
 
   config.diffusion = diffusion = ml_collections.ConfigDict()
   diffusion.schedule = 'linear'  # linear | cosine | sigmoid | sigmoid_gamma

@@ -9,8 +9,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from ddpm_jax import checkpoints, data, errors, images, schedules, sharding, train_step
+from ddpm_jax import checkpoints, errors, images, schedules, sharding, train_step
 from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.train_input import TrainInput
 from ddpm_jax.models.unet import UNet, UNetConfig, count_params
 
 
@@ -32,13 +33,19 @@ def build(config: ml_collections.ConfigDict) -> Components:
   schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
   t = config.training
   optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
-  step_fn = train_step.make_train_step(model.apply, schedule, optimizer, loss=config.diffusion.loss,
-                                       prediction=config.diffusion.prediction, ema_decay=t.ema_decay)
+  mesh = sharding.make_mesh()
+  objective = dict(loss=config.diffusion.loss, prediction=config.diffusion.prediction, ema_decay=t.ema_decay)
+  if config.data.on_device:
+    step_fn = train_step.make_device_data_train_step(
+        model.apply, schedule, optimizer, **objective, batch_size=t.batch_size, flip=config.data.random_flip,
+        batch_sharding=sharding.batch_sharded(mesh))
+  else:
+    step_fn = train_step.make_train_step(model.apply, schedule, optimizer, **objective)
   s = config.sampling
   sample_fn = jax.jit(train_step.make_sampler(
       model.apply, schedule, sampler=s.sampler, num_steps=s.num_steps, variance=s.variance, eta=s.eta,
       clip_denoised=s.clip_denoised, prediction=config.diffusion.prediction), static_argnums=2)
-  return Components(model, sharding.make_mesh(), schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
+  return Components(model, mesh, schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
                     step_fn, sample_fn)
 
 
@@ -139,17 +146,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluation = make_evaluation(config, components)  # fails here, before training, if Inception can't be had
   t = config.training
   manager, config_changes = open_workdir(config, workdir, allow_config_change)
-  train_iter = data.make_train_loader(config.data, global_batch_size=t.batch_size, seed=config.seed,
-                                      process_index=jax.process_index(), process_count=jax.process_count())
+  train_input = TrainInput(config, components.mesh)
   try:
-    state = restore_or_init(config, components, manager, train_iter)  # the newest intact checkpoint
+    state = restore_or_init(config, components, manager, train_input.iterator)  # the newest intact checkpoint
   except BaseException:
-    train_iter.close()
+    train_input.close()
     raise
   if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
     workdir_lib.record_config(workdir, config, config_changes)
   if int(state.step) >= t.num_steps:
-    train_iter.close()
+    train_input.close()
     logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, state.step, t.num_steps)
     print(f'Run already finished at step {int(state.step)} (training.num_steps={t.num_steps}); nothing to do.')
     return None
@@ -157,15 +163,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if int(state.step) == 0:
     writer.write_hparams(hparams(config))
   try:
-    state = run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation)
+    state = run_loop(config, components, state, train_input, manager, writer, workdir, evaluation)
   finally:
-    close_quietly(manager, writer, train_iter)
+    close_quietly(manager, writer, train_input)
   return state
 
 
-def close_quietly(manager, writer, train_iter) -> None:
+def close_quietly(manager, writer, train_input) -> None:
   """Waits for the pending save and flushes the writers; their errors are logged, not raised over the loop's."""
-  for close in (manager.wait_until_finished, writer.flush, train_iter.close):
+  for close in (manager.wait_until_finished, writer.flush, train_input.close):
     try:
       close()
     except Exception as e:  # pylint: disable=broad-except  # the loop already reported what matters
@@ -216,7 +222,7 @@ def save_checkpoint(manager, step: int, state, train_iter, previous_step: int | 
   return step
 
 
-def run_loop(config, components, state, train_iter, manager, writer, workdir, evaluation=None):
+def run_loop(config, components, state, train_input, manager, writer, workdir, evaluation=None):
   """Returns the state after training from state.step to num_steps (or to a SIGTERM/SIGINT), with the periodic actions."""
   t = config.training
   first_step = int(state.step)
@@ -227,7 +233,7 @@ def run_loop(config, components, state, train_iter, manager, writer, workdir, ev
   saved_step = None
   with StopRequest() as stop:
     for step in range(first_step + 1, t.num_steps + 1):
-      state, metrics = components.step_fn(state, sharding.global_batch(next(train_iter), components.mesh))
+      state, metrics = components.step_fn(state, train_input.next())
       metrics_log.add(metrics)
       progress(step)
       if is_time(step, t.log_every_steps, t.num_steps):
@@ -240,7 +246,7 @@ def run_loop(config, components, state, train_iter, manager, writer, workdir, ev
       if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
         evaluate_and_write(evaluation, state, workdir, step, writer)
       if is_time(step, t.checkpoint_every_steps, t.num_steps) or stop.signal:
-        saved_step = save_checkpoint(manager, step, state, train_iter, saved_step)
+        saved_step = save_checkpoint(manager, step, state, train_input.iterator, saved_step)
       if stop.signal:
         break
   if saved_step is not None:

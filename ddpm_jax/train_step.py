@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm_jax import diffusion
+from ddpm_jax import device_data, diffusion
 from ddpm_jax.schedules import Schedule
 
 # Purposes folded into a step's key.
-TIMESTEPS, NOISE, DROPOUT, SAMPLING, EVAL = 0, 1, 2, 3, 4
+TIMESTEPS, NOISE, DROPOUT, SAMPLING, EVAL, DATA = 0, 1, 2, 3, 4, 5
 
 
 @flax.struct.dataclass
@@ -107,6 +107,26 @@ def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.Gra
   diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
   step = functools.partial(train_step, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
                            prediction=prediction, ema_decay=ema_decay)
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+                                loss: str, prediction: str, ema_decay: float, batch_size: int, flip: bool,
+                                batch_sharding):
+  """Returns the jitted step `(state, images on device) -> (state, metrics)` that draws its own batch.
+
+  The batch (rows, flips) comes from `device_data.device_batch` with the run's DATA key,
+  split across devices by `batch_sharding`; the state is donated, the images are not.
+  """
+  diffusion.check_choice('loss', loss, diffusion.LOSSES)
+  diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
+
+  def step(state: TrainState, images):
+    batch = device_data.device_batch(images, state.step, jax.random.fold_in(state.rng, DATA), batch_size=batch_size,
+                                     flip=flip)
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
+                      prediction=prediction, ema_decay=ema_decay)
   return jax.jit(step, donate_argnums=0)
 
 

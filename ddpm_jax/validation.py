@@ -62,4 +62,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model_config.validate(config.data.image_size)
   except ValueError as e:
     raise ValueError(f'model / data.image_size: {e}') from None
+  if model_config.attention_impl == 'cudnn' and jax.default_backend() != 'gpu':
+    raise ValueError(f"model.attention_impl='cudnn' needs an NVIDIA GPU (this run's backend is "
+                     f"{jax.default_backend()}); use None (the default: cuDNN where it applies) or 'xla'.")
   data.validate_data_config(config.data, config.training.batch_size, jax.process_count())

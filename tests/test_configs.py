@@ -104,3 +104,12 @@ def test_run_study_stops_at_a_failed_run(tmp_path):
   assert result.returncode != 0
   assert [call.split()[2] for call in calls] == ['--config=configs/linear_mse.py', '--config=configs/linear_mae.py',
                                                 '--config=configs/cosine_mse.py']
+
+
+def test_cudnn_attention_without_a_gpu_is_a_config_error():
+  config = default.get_config()
+  config.model.attention_impl = 'cudnn'
+  with pytest.raises(ValueError, match=r"model.attention_impl='cudnn' needs an NVIDIA GPU \(this run's backend is cpu\)"):
+    validation.validate_config(config)
+  config.model.attention_impl = 'xla'
+  validation.validate_config(config)

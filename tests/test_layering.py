@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-PURE_MODULES = ['ddpm_jax.schedules', 'ddpm_jax.diffusion', 'ddpm_jax.models.unet', 'ddpm_jax.train_step']
+PURE_MODULES = ['ddpm_jax.schedules', 'ddpm_jax.diffusion', 'ddpm_jax.models.unet', 'ddpm_jax.train_step',
+                'ddpm_jax.sharding', 'ddpm_jax.device_data', 'ddpm_jax.distributed']
 FORBIDDEN = ['tensorflow', 'tensorflow_datasets', 'grain', 'clu', 'torch', 'torch_fidelity', 'torchmetrics',
              'ml_collections', 'orbax', 'PIL', 'matplotlib', 'eval_bridge', 'ddpm_jax.data', 'ddpm_jax.train']
 

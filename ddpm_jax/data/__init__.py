@@ -9,6 +9,8 @@ so `shapes` runs without TensorFlow.
   batch = next(train_iter)  # {'image': float32 [local_batch, H, W, 3] in [-1, 1]}
   # train_iter.get_state()/set_state(); in Orbax: grain.checkpoint.CheckpointSave/Restore
 """
+import numpy as np
+
 from ddpm_jax.data import loader
 from ddpm_jax.data import shapes
 
@@ -33,7 +35,7 @@ def validate_data_config(data_config, global_batch_size: int, process_count: int
     raise ValueError(f'data.image_size={size!r} must be an integer >= {MIN_IMAGE_SIZE}.')
   if data_config.eval_split not in SPLITS:
     raise ValueError(f'data.eval_split={data_config.eval_split!r} must be one of {SPLITS}.')
-  for key in ('random_flip', 'strict'):
+  for key in ('random_flip', 'strict', 'on_device'):
     if not isinstance(data_config[key], bool):
       raise ValueError(f'data.{key}={data_config[key]!r} must be True or False.')
   workers = data_config.num_workers
@@ -73,6 +75,14 @@ def make_train_loader(data_config, *, global_batch_size: int, seed: int,
       flip=data_config.random_flip, process_index=process_index,
       process_count=process_count)
   return loader.to_iterator(dataset, data_config.num_workers)
+
+
+def load_split(data_config, split: str, seed: int) -> np.ndarray:
+  """Returns every image of `split` as one uint8 [N, image_size, image_size, 3] array (for data.on_device)."""
+  source = make_source(data_config, split, seed)
+  chunk = 4096  # bounds the renderer's temporaries for `shapes`
+  return np.concatenate([loader.read_images(source, np.arange(start, min(start + chunk, len(source))))
+                         for start in range(0, len(source), chunk)])
 
 
 def make_eval_iterator(data_config, split: str, *, batch_size: int,

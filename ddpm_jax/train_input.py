@@ -1,0 +1,29 @@
+"""Where the train step's inputs come from: the host loader (grain), or the whole split in device memory."""
+import jax
+import ml_collections
+
+from ddpm_jax import data, device_data, sharding
+
+
+class TrainInput:
+  """The train step's input each step, and the iterator whose position checkpoints keep (None on device)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh):
+    self.mesh, self.iterator, self.images = mesh, None, None
+    if config.data.on_device:
+      # Indices, flips and scaling happen inside the jitted step; the checkpoint needs no data position.
+      self.images = device_data.to_device(data.load_split(config.data, 'train', config.seed), mesh)
+    else:
+      self.iterator = data.make_train_loader(config.data, global_batch_size=config.training.batch_size,
+                                             seed=config.seed, process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+
+  def next(self):
+    """Returns the next step's input: the global batch, or the images on device."""
+    if self.images is not None:
+      return self.images
+    return sharding.global_batch(next(self.iterator), self.mesh)
+
+  def close(self) -> None:
+    if self.iterator is not None:
+      self.iterator.close()
