@@ -15,6 +15,7 @@ import ml_collections
 from absl import logging
 
 CONFIG_FILE = 'config.json'
+ABSENT = '<absent>'
 
 # Keys (or sections, ending in '.') that change when and how a run reports, not what it trains.
 FREE_KEYS = ('training.num_steps', 'training.log_every_steps', 'training.checkpoint_every_steps',
@@ -49,9 +50,8 @@ def flatten(tree: dict, prefix: str = '') -> dict:
 def config_changes(saved: dict, current: dict) -> dict:
   """Returns {key: (saved value, current value)} for every key that differs (missing keys read as '<absent>')."""
   saved, current = flatten(saved), flatten(current)
-  absent = '<absent>'
-  return {key: (saved.get(key, absent), current.get(key, absent)) for key in sorted(saved.keys() | current.keys())
-          if saved.get(key, absent) != current.get(key, absent)}
+  return {key: (saved.get(key, ABSENT), current.get(key, ABSENT)) for key in sorted(saved.keys() | current.keys())
+          if saved.get(key, ABSENT) != current.get(key, ABSENT)}
 
 
 def is_free(key: str) -> bool:
@@ -76,7 +76,8 @@ def check_config(workdir: str, config: ml_collections.ConfigDict, has_checkpoint
     return {}
   with open(path) as f:
     changes = config_changes(json.load(f), json.loads(config.to_json_best_effort(sort_keys=True)))
-  trained = {key: change for key, change in changes.items() if not is_free(key)}
+  # A key the saved config lacks came with a newer version, whose default is what the run trained with.
+  trained = {key: change for key, change in changes.items() if not is_free(key) and change[0] != ABSENT}
   if trained and has_checkpoints and not allow_change:
     raise ValueError(f'the config differs from the one {workdir} was trained with ({path}) in what it trains: '
                      f'{describe(trained)}. Use the original config, a new --workdir, or pass '

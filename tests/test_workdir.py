@@ -74,3 +74,11 @@ def test_unwritable_workdir_is_one_line(tmp_path):
   with pytest.raises(PermissionError, match=f"workdir '{blocker}/run' is not writable"):
     workdir_lib.check_writable(str(blocker / 'run'))
   assert os.path.isfile(blocker)
+
+
+def test_a_key_added_by_a_newer_version_does_not_block_resuming(tmp_path):
+  old = config()
+  del old.data['on_device']
+  workdir_lib.record_config(str(tmp_path), old, {})
+  changes = workdir_lib.check_config(str(tmp_path), config(), has_checkpoints=True)
+  assert changes == {'data.on_device': ('<absent>', False)}
