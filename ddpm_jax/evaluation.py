@@ -31,13 +31,13 @@ def settings(config: ml_collections.ConfigDict) -> dict:
 class Evaluation:
   """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, schedule):
+  def __init__(self, config: ml_collections.ConfigDict, model, schedule, mesh=None):
     self.config = config
     self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
     self.sample_fn = jax.jit(train_step.make_sampler(
         model.apply, schedule, sampler=config.eval.sampler, num_steps=config.eval.sampling_steps,
         variance=config.sampling.variance, eta=config.sampling.eta, clip_denoised=config.sampling.clip_denoised,
-        prediction=config.diffusion.prediction), static_argnums=2)
+        prediction=config.diffusion.prediction, mesh=mesh), static_argnums=2)
     self._reference = None
 
   def reference(self) -> reference.Reference:

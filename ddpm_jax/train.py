@@ -44,7 +44,7 @@ def build(config: ml_collections.ConfigDict) -> Components:
   s = config.sampling
   sample_fn = jax.jit(train_step.make_sampler(
       model.apply, schedule, sampler=s.sampler, num_steps=s.num_steps, variance=s.variance, eta=s.eta,
-      clip_denoised=s.clip_denoised, prediction=config.diffusion.prediction), static_argnums=2)
+      clip_denoised=s.clip_denoised, prediction=config.diffusion.prediction, mesh=mesh), static_argnums=2)
   return Components(model, mesh, schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
                     step_fn, sample_fn)
 
@@ -266,7 +266,7 @@ def make_evaluation(config, components: Components | None = None, force: bool = 
   from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
   evaluation_lib.check_setup(config, force=force)
   components = components or build(config)
-  return evaluation_lib.Evaluation(config, components.model, components.schedule)
+  return evaluation_lib.Evaluation(config, components.model, components.schedule, components.mesh)
 
 
 def evaluate_and_write(evaluation, state, workdir: str, step: int, writer=None) -> dict:

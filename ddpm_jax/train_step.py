@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm_jax import device_data, diffusion
+from ddpm_jax import device_data, diffusion, sharding
 from ddpm_jax.schedules import Schedule
 
 # Purposes folded into a step's key.
@@ -131,13 +131,24 @@ def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimize
 
 
 def make_sampler(apply_fn: Callable, schedule: Schedule, *, sampler: str, num_steps, variance: str, eta: float,
-                 clip_denoised: bool, prediction: str):
-  """Returns `(params, rng, shape) -> images in [-1, 1]` that samples with the model in eval mode."""
+                 clip_denoised: bool, prediction: str, mesh=None):
+  """Returns `(params, rng, shape) -> images in [-1, 1]` that samples with the model in eval mode.
+
+  With a mesh, the batch is split across its devices at every reverse step (when the
+  batch divides by the device count) and the images come back replicated, so every
+  process can read them.
+  """
+  def split_batch(x):
+    if mesh is None or x.shape[0] % mesh.size:
+      return x
+    return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
+
   def denoise(params, x_t, t):
-    return apply_fn({'params': params}, x_t, t, train=False)
+    return apply_fn({'params': params}, split_batch(x_t), t, train=False)
 
   def sample(params, rng, shape):
-    return diffusion.sample(jax.tree_util.Partial(denoise, params), schedule, rng, shape, sampler=sampler,
-                            num_steps=num_steps, eta=eta, variance=variance, clip_denoised=clip_denoised,
-                            prediction=prediction)
+    images = diffusion.sample(jax.tree_util.Partial(denoise, params), schedule, rng, shape, sampler=sampler,
+                              num_steps=num_steps, eta=eta, variance=variance, clip_denoised=clip_denoised,
+                              prediction=prediction)
+    return images if mesh is None else jax.lax.with_sharding_constraint(images, sharding.replicated(mesh))
   return sample

@@ -43,3 +43,40 @@ def test_train_step_on_four_devices_equals_one_device():
   result = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0 and 'EQUAL' in result.stdout, result.stderr[-3000:]
+
+
+SAMPLER_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from ddpm_jax import schedules, sharding, train_step
+    from ddpm_jax.models.unet import UNet, UNetConfig
+
+    assert jax.device_count() == 4, jax.devices()
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
+                            num_groups=4, dropout=0.0))
+    schedule = schedules.make_schedule('cosine', 50)
+    params = train_step.init_params(model, 8, 0)
+
+    def sample(mesh, batch):
+      fn = jax.jit(train_step.make_sampler(model.apply, schedule, sampler='ddim', num_steps=5, variance='beta_tilde',
+                                           eta=1.0, clip_denoised=True, prediction='eps', mesh=mesh), static_argnums=2)
+      shape = (batch, 8, 8, 3)
+      compiled = fn.lower(sharding.replicate(params, mesh), jax.random.PRNGKey(3), shape).compile().as_text()
+      return np.asarray(fn(sharding.replicate(params, mesh), jax.random.PRNGKey(3), shape)), compiled
+
+    four, hlo = sample(sharding.make_mesh(), 8)
+    one, _ = sample(Mesh(np.asarray(jax.devices()[:1]), (sharding.DATA_AXIS,)), 8)
+    # Each device ran 2 of the 8 images through the U-Net; they were gathered at the end.
+    assert 'all-gather' in hlo and 'f32[2,8,8,' in hlo, hlo[:2000]
+    np.testing.assert_allclose(four, one, atol=1e-5)
+    odd, _ = sample(sharding.make_mesh(), 6)  # does not divide by 4: runs replicated
+    assert odd.shape == (6, 8, 8, 3)
+    print('EQUAL')
+''')
+
+
+def test_sampler_splits_the_batch_over_four_devices_and_matches_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
+  result = subprocess.run([sys.executable, '-c', SAMPLER_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0 and 'EQUAL' in result.stdout, result.stderr[-3000:]
