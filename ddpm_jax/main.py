@@ -59,10 +59,12 @@ def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: b
   # Imported here so that --help and flag errors answer without loading JAX.
   from ddpm_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(coordinator_address, num_processes, process_id)  # before anything touches a device
-  preload_torch_stack()
-  from ddpm_jax import train, validation  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
+  validation.validate_config(config)  # before TensorFlow and torch load: a bad value answers in seconds
+  if mode == 'eval' or config.eval.every_steps:
+    preload_torch_stack()  # ~10 s of imports that only evaluation needs
+  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
   enable_compilation_cache()
-  validation.validate_config(config)
   if mode == 'train':
     train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
   elif mode == 'sample':

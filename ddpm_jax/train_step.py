@@ -84,7 +84,7 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedu
     return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=loss, prediction=prediction)
 
   loss_value, grads = jax.value_and_grad(compute_loss)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, ema_decay)

@@ -11,6 +11,9 @@ import pytest
 
 from ddpm_jax import checkpoints, errors
 
+# Orbax leaves the coroutines of a failed read or write unawaited; Python reports each when it is collected.
+pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+
 
 def make_state(scale):
   return {'params': jnp.arange(50_000, dtype=jnp.float32) * scale, 'step': jnp.asarray(scale, jnp.int32)}

@@ -9,7 +9,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import subprocess
 import time
@@ -114,9 +113,11 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(env, tmp_path
   workdir = str(tmp_path / 'full')
   train(env, workdir, '--config.training.num_steps=6')
   kept = {step: digest(workdir, step) for step in checkpoint_steps(workdir)}
-  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))  # noqa: E731
-  # The state's data file (~400 kB) no longer fits; logs and grids (a few kB) still do.
-  full = cli(env, f'--workdir={workdir}', *RUN, preexec_fn=limit)
+  # "Disk full" for files past 20 kB (bash's ulimit -f counts kB; Python ignores SIGXFSZ, so writes fail with
+  # EFBIG): the state's data file (~400 kB) no longer fits, logs and grids (a few kB) still do. Set in the
+  # child's shell, not with preexec_fn, which forks this multithreaded process.
+  full = subprocess.run(['bash', '-c', 'ulimit -f 20 && exec "$@"', 'bash', *command(f'--workdir={workdir}', *RUN)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert full.returncode == 1, full.stderr[-3000:]
   error = error_line(full.stderr)
   assert error.startswith(f'ddpm_jax: error: could not save checkpoint 9 in {workdir}/checkpoints: File too large.')
