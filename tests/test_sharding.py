@@ -38,11 +38,16 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def test_train_step_on_four_devices_equals_one_device():
+def run_on_four_devices(script: str) -> None:
+  """Runs script in a fresh Python with 4 CPU devices (set before JAX starts); it must print EQUAL."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
-  result = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
   assert result.returncode == 0 and 'EQUAL' in result.stdout, result.stderr[-3000:]
+
+
+def test_train_step_on_four_devices_equals_one_device():
+  run_on_four_devices(SCRIPT)
 
 
 SAMPLER_SCRIPT = textwrap.dedent('''
@@ -76,7 +81,4 @@ SAMPLER_SCRIPT = textwrap.dedent('''
 
 
 def test_sampler_splits_the_batch_over_four_devices_and_matches_one_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0')
-  result = subprocess.run([sys.executable, '-c', SAMPLER_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0 and 'EQUAL' in result.stdout, result.stderr[-3000:]
+  run_on_four_devices(SAMPLER_SCRIPT)
