@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import machine_info
-from ddpm_jax import schedules, train_step
-from ddpm_jax.models.unet import UNet, UNetConfig
+from ddpm_jax.core import schedules, train_step
+from ddpm_jax.core.models.unet import UNet, UNetConfig
 
 _STEPS = flags.DEFINE_integer('steps', 300, 'Train steps per dtype.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')

@@ -1,7 +1,7 @@
 r"""Sampling throughput (images/s) of our U-Net, DDPM and DDIM, against diffusers' own pipelines.
 
 For each model (--models; default `cifar10`, the 35.7M model at 32x32) and
-compute dtype (--dtypes), times `ddpm_jax.train_step.make_sampler` (the reverse
+compute dtype (--dtypes), times `ddpm_jax.core.sampler.make_sample_fn` (the reverse
 process as one `lax.scan`, jitted and compiled ahead of time, one warm-up run)
 at --batch_size:
   - DDPM, --ddpm_steps (1000) ancestral steps;
@@ -48,9 +48,9 @@ import jax
 import numpy as np
 
 from benchmarks import torch_reference
-from ddpm_jax import schedules
-from ddpm_jax import train_step
-from ddpm_jax.models import unet
+from ddpm_jax.core import schedules
+from ddpm_jax.core import sampler as sampler_lib
+from ddpm_jax.core.models import unet
 
 _MODELS = flags.DEFINE_list('models', ['cifar10'],
                             'Models: cifar10 (32x32, 35.7M params), default (64x64, 63.3M).')
@@ -99,10 +99,10 @@ def compiled_sampler(config: unet.UNetConfig, name: str, size: int, sampler: str
   schedule = schedules.make_schedule(full_config.diffusion.schedule, full_config.diffusion.num_timesteps)
   if sampler == 'ddpm' and timed_steps != schedule.num_timesteps:
     schedule = schedules.schedule_from_betas(subsampled_betas(schedule, timed_steps))
-  sample = train_step.make_sampler(
-      unet.UNet(config).apply, schedule, sampler=sampler, num_steps=timed_steps,
-      variance=full_config.sampling.variance, eta=0.0, clip_denoised=full_config.sampling.clip_denoised,
-      prediction=full_config.diffusion.prediction)
+  settings = sampler_lib.SamplerSettings(sampler=sampler, num_steps=timed_steps, variance=full_config.sampling.variance,
+                                         eta=0.0, clip_denoised=full_config.sampling.clip_denoised)
+  sample = sampler_lib.make_sample_fn(unet.UNet(config).apply, schedule, settings,
+                                      prediction=full_config.diffusion.prediction)
   shape = (_BATCH_SIZE.value, size, size, 3)
   start = time.perf_counter()
   compiled = jax.jit(lambda p, rng: sample(p, rng, shape)).lower(params, jax.random.key(0)).compile()
@@ -237,7 +237,7 @@ def report(rows: list[dict], info: dict) -> str:
       f'- Machine: {torch_reference.machine()}', f'- Versions: {torch_reference.versions()}',
       f'- Command: `python -m benchmarks.sampling {" ".join(sys.argv[1:])}`',
       f'- Batch {_BATCH_SIZE.value}; each row times `timed` steps once after a warm-up run and '
-      'extrapolates per step to `steps`; ours = `make_sampler` (one `lax.scan`, clipped x0, params '
+      'extrapolates per step to `steps`; ours = `make_sample_fn` (one `lax.scan`, clipped x0, params '
       f'float32), diffusers = its pipeline with {_TORCH_DTYPE.value} weights; ours/diffusers compares '
       'images/s in the same dtype',
       *models, '',

@@ -22,7 +22,7 @@ from torch.utils import flop_counter
 from benchmarks import machine_info
 from configs import cifar10_ddpm
 from configs import default
-from ddpm_jax.models import unet
+from ddpm_jax.core.models import unet
 
 CONFIGS = {'cifar10': cifar10_ddpm, 'default': default}
 NUM_TIMESTEPS = 1000

@@ -3,7 +3,7 @@ r"""Train-step throughput (images/s) and MFU of our U-Net, against diffusers' UN
 For each model (--models: `default` = configs/default.py at 64x64, 63.3M params;
 `cifar10` = configs/cifar10_ddpm.py at 32x32, the 35.7M model), each compute
 dtype (--dtypes; params stay float32) and each batch size (--batch_sizes), times
-`ddpm_jax.train_step.make_train_step` (timestep and noise draw, loss, grads, Adam
+`ddpm_jax.core.train_step.make_train_step` (timestep and noise draw, loss, grads, Adam
 with clipping, EMA, the NaN guard) on a 1-D data mesh:
   - input reused: one device batch fed to every step;
   - input fed: each step converts a host uint8 batch from an in-memory array to
@@ -60,10 +60,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import torch_reference
-from ddpm_jax import schedules
-from ddpm_jax import sharding
-from ddpm_jax import train_step
-from ddpm_jax.models import unet
+from ddpm_jax.core import schedules
+from ddpm_jax.core import sharding
+from ddpm_jax.core import train_step
+from ddpm_jax.core.models import unet
 
 _MODELS = flags.DEFINE_list('models', ['cifar10', 'default'],
                             'Models: cifar10 (32x32, 35.7M params), default (64x64, 63.3M).')

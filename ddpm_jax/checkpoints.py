@@ -1,10 +1,12 @@
-"""Orbax checkpoints of the train state with the data iterator's position, and their integrity.
+"""Orbax checkpoints of the train state, and their integrity.
 
-A checkpoint holds three items: the state, the grain iterator's position and a digest
-(SHA-256 over the state's leaves). Orbax writes each checkpoint into a temporary
-directory and renames it when complete, so a save killed midway leaves no checkpoint
-under its step; the digest catches what that cannot: a file truncated, emptied or
-altered after the save. Restoring without a step takes the newest intact checkpoint and
+A checkpoint holds two items: the state and a digest (SHA-256 over the state's leaves).
+No data position: a run's batches are a function of the step alone. Checkpoints of
+older versions also hold a grain iterator position ('data_iterator'); it is not read.
+
+Orbax writes each checkpoint into a temporary directory and renames it when complete,
+so a save killed midway leaves no checkpoint under its step; the digest catches what
+that cannot: a file truncated, emptied or altered after the save. Restoring without a step takes the newest intact checkpoint and
 moves the damaged newer ones aside to checkpoints_corrupt/, never deleting them.
 """
 import hashlib
@@ -12,7 +14,6 @@ import os
 import re
 import shutil
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -20,7 +21,7 @@ from absl import logging
 
 from ddpm_jax import errors
 
-STATE, DATA_ITERATOR, DIGEST = 'state', 'data_iterator', 'digest'
+STATE, DIGEST = 'state', 'digest'
 CORRUPT_DIR = 'checkpoints_corrupt'
 
 
@@ -28,7 +29,7 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Returns the CheckpointManager of workdir/checkpoints, keeping the newest `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-                               item_names=(STATE, DATA_ITERATOR, DIGEST))
+                               item_names=(STATE, DIGEST))
 
 
 def state_digest(state) -> str:
@@ -75,11 +76,9 @@ def steps_on_disk(manager: ocp.CheckpointManager) -> list:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator=None) -> None:
-  """Starts saving the state, its digest (and the iterator's position) as checkpoint `step`; the write is async."""
+def save(manager: ocp.CheckpointManager, step: int, state) -> None:
+  """Starts saving the state and its digest as checkpoint `step`; the write is async."""
   items = {STATE: ocp.args.StandardSave(state), DIGEST: ocp.args.JsonSave({'sha256': state_digest(state)})}
-  if data_iterator is not None:
-    items[DATA_ITERATOR] = grain.checkpoint.CheckpointSave(data_iterator)
   try:
     manager.save(step, args=ocp.args.Composite(**items), force=True)
   except Exception as e:  # pylint: disable=broad-except  # the file system fails in many ways
@@ -96,12 +95,9 @@ def check_saved(manager: ocp.CheckpointManager, step: int, wait: bool = False) -
     raise storage_error(manager, step, e) from None
 
 
-def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator=None):
-  """Returns checkpoint `step`'s state once its digest matches; positions data_iterator in place."""
-  items = {STATE: ocp.args.StandardRestore(abstract_state)}
-  if data_iterator is not None:
-    items[DATA_ITERATOR] = grain.checkpoint.CheckpointRestore(data_iterator)
-  state = manager.restore(step, args=ocp.args.Composite(**items))[STATE]
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Returns checkpoint `step`'s state once its digest matches."""
+  state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
   try:
     expected = manager.restore(step, args=ocp.args.Composite(**{DIGEST: ocp.args.JsonRestore()}))[DIGEST]['sha256']
   except (KeyError, FileNotFoundError):
@@ -129,8 +125,8 @@ def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None, step: int | None = None):
-  """Returns the state of checkpoint `step`, or of the newest intact one; positions data_iterator in place.
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """Returns the state of checkpoint `step`, or of the newest intact one.
 
   Without a step, damaged checkpoints newer than the one restored are moved to
   checkpoints_corrupt/. If none can be restored, nothing is moved and the error lists why.
@@ -143,7 +139,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, data_iterator=None, 
   failures = {}
   for candidate in [step] if step is not None else steps:
     try:
-      state = restore_verified(manager, candidate, abstract_state, data_iterator)
+      state = restore_verified(manager, candidate, abstract_state)
     except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore fail in many ways
       failures[candidate] = error_reason(e)
       logging.warning('Checkpoint %d in %s cannot be restored: %s', candidate, manager.directory, failures[candidate])

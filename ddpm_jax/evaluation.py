@@ -6,7 +6,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from ddpm_jax import data, train_step
+from ddpm_jax import components as components_lib
+from ddpm_jax import data
+from ddpm_jax.core import keys
 from eval_bridge import convert, evaluator, fidelity, reference
 
 METRICS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim')
@@ -21,6 +23,13 @@ def check_setup(config: ml_collections.ConfigDict, force: bool = False) -> None:
       raise ValueError(str(e)) from None
 
 
+def sampler_section(config: ml_collections.ConfigDict) -> dict:
+  """Returns the sampler settings of evaluations: eval's sampler and steps, sampling's variance, eta and clipping."""
+  s = config.sampling
+  return {'sampler': config.eval.sampler, 'num_steps': config.eval.sampling_steps, 'variance': s.variance,
+          'eta': s.eta, 'clip_denoised': s.clip_denoised}
+
+
 def settings(config: ml_collections.ConfigDict) -> dict:
   """Returns what makes metrics comparable: the sampler, its steps, the variance and the sample count."""
   e = config.eval
@@ -31,13 +40,11 @@ def settings(config: ml_collections.ConfigDict) -> dict:
 class Evaluation:
   """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model, schedule, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, components: components_lib.Components):
     self.config = config
     self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
-    self.sample_fn = jax.jit(train_step.make_sampler(
-        model.apply, schedule, sampler=config.eval.sampler, num_steps=config.eval.sampling_steps,
-        variance=config.sampling.variance, eta=config.sampling.eta, clip_denoised=config.sampling.clip_denoised,
-        prediction=config.diffusion.prediction, mesh=mesh), static_argnums=2)
+    self.sampler = components_lib.make_sampler(config, components.model, components.schedule, components.mesh,
+                                               sampler_section(config))
     self._reference = None
 
   def reference(self) -> reference.Reference:
@@ -54,15 +61,27 @@ class Evaluation:
     return self._reference
 
   def evaluate(self, params, rng) -> dict:
-    """Returns the metrics of eval.num_samples samples of params, streamed batch by batch, plus the settings."""
+    """Returns the metrics of eval.num_samples samples of params, streamed batch by batch, plus the settings.
+
+    Batch i's noise is `keys.eval_key(rng, i)`: the same at every step, so metric curves are less noisy.
+    """
     e = self.config.eval
     scorer = evaluator.Evaluator(self.extractor, self.reference(), ms_ssim_pairs=e.ms_ssim_pairs,
                                  total=e.num_samples, seed=self.config.seed)
-    shape = (e.batch_size, self.config.data.image_size, self.config.data.image_size, 3)
-    for index, start in enumerate(range(0, e.num_samples, e.batch_size)):
-      batch = self.sample_fn(params, jax.random.fold_in(rng, index), shape)[:e.num_samples - start]
+    for batch in self.sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size):
       scorer.update(convert.to_torch_uint8_nchw(batch))
     return {**scorer.result(), **settings(self.config)}
+
+  def evaluate_and_write(self, state, workdir: str, step: int, writer=None) -> dict:
+    """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
+    metrics = self.evaluate(state.ema_params, state.rng)
+    if jax.process_index() == 0:  # every process evaluates (the params span them all); one writes
+      write_results(workdir, step, metrics, writer)
+    return metrics
+
+  def summary(self, step: int, metrics: dict) -> str:  # pylint: disable=no-self-use
+    """Returns the one-line summary of an evaluation (the module's `summary`)."""
+    return summary(step, metrics)
 
 
 def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -71,11 +90,6 @@ def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
       os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ddpm_jax', 'reference_features')
   weights = config.eval.inception_weights
   return os.path.join(root, 'default' if not weights else f'weights-{abs(hash(os.path.abspath(weights))):x}')
-
-
-def eval_key(state: train_step.TrainState):
-  """Returns the sampling key of evaluations: the same noise at every step, so metric curves are less noisy."""
-  return jax.random.fold_in(state.rng, train_step.EVAL)
 
 
 def write_results(workdir: str, step: int, metrics: dict, writer=None) -> str:

@@ -63,14 +63,16 @@ def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: b
   validation.validate_config(config)  # before TensorFlow and torch load: a bad value answers in seconds
   if mode == 'eval' or config.eval.every_steps:
     preload_torch_stack()  # ~10 s of imports that only evaluation needs
-  from ddpm_jax import train  # pylint: disable=g-import-not-at-top
   enable_compilation_cache()
   if mode == 'train':
+    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
-  elif mode == 'sample':
-    train.sample(config, workdir, checkpoint_step, allow_config_change)
+    return
+  from ddpm_jax import modes  # pylint: disable=g-import-not-at-top
+  if mode == 'sample':
+    modes.sample(config, workdir, checkpoint_step, allow_config_change)
   elif mode == 'eval':
-    train.evaluate_checkpoints(config, workdir, checkpoint_step, allow_config_change)
+    modes.evaluate(config, workdir, checkpoint_step, allow_config_change)
 
 
 class _QuietLibraries(logging_lib.Filter):

@@ -20,8 +20,9 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ddpm_jax import events, schedules
-from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+from ddpm_jax import events
+from ddpm_jax.core import schedules
+from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 MISSING = '—'
 FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'samples.png')

@@ -1,5 +1,4 @@
-"""The training loop: state, periodic logging, sample grids, evaluation and checkpoints; and sampling."""
-import dataclasses
+"""The training loop: restore or start, then periodic logging, sample grids, evaluation and checkpoints."""
 import os
 import signal
 
@@ -9,57 +8,12 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from ddpm_jax import checkpoints, errors, images, schedules, sharding, train_step
+from ddpm_jax import checkpoints, errors, images
+from ddpm_jax import components as components_lib
 from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.core import keys, train_step
+from ddpm_jax.core.models.unet import count_params
 from ddpm_jax.train_input import TrainInput
-from ddpm_jax.models.unet import UNet, UNetConfig, count_params
-
-
-@dataclasses.dataclass(frozen=True)
-class Components:
-  """What a run is built from: the model, its schedule and optimizer, and the jitted functions."""
-  model: UNet
-  mesh: object
-  schedule: schedules.Schedule
-  optimizer: object
-  learning_rate: object
-  step_fn: object
-  sample_fn: object
-
-
-def build(config: ml_collections.ConfigDict) -> Components:
-  """Returns the model, schedule, optimizer, jitted train step and sampler the config describes."""
-  model = UNet(UNetConfig(**config.model))
-  schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-  t = config.training
-  optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
-  mesh = sharding.make_mesh()
-  objective = dict(loss=config.diffusion.loss, prediction=config.diffusion.prediction, ema_decay=t.ema_decay)
-  if config.data.on_device:
-    step_fn = train_step.make_device_data_train_step(
-        model.apply, schedule, optimizer, **objective, batch_size=t.batch_size, flip=config.data.random_flip,
-        batch_sharding=sharding.batch_sharded(mesh))
-  else:
-    step_fn = train_step.make_train_step(model.apply, schedule, optimizer, **objective)
-  s = config.sampling
-  sample_fn = jax.jit(train_step.make_sampler(
-      model.apply, schedule, sampler=s.sampler, num_steps=s.num_steps, variance=s.variance, eta=s.eta,
-      clip_denoised=s.clip_denoised, prediction=config.diffusion.prediction, mesh=mesh), static_argnums=2)
-  return Components(model, mesh, schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
-                    step_fn, sample_fn)
-
-
-def initial_state(config: ml_collections.ConfigDict, components: Components) -> train_step.TrainState:
-  """Returns the freshly initialised train state of the config's seed."""
-  params = train_step.init_params(components.model, config.data.image_size, config.seed)
-  rng = jax.random.PRNGKey(config.seed)
-  state = train_step.create_train_state(params, components.optimizer, rng)
-  return sharding.replicate(state, components.mesh)
-
-
-def abstract_state(config: ml_collections.ConfigDict, components: Components):
-  """Returns the shapes, dtypes and shardings of the train state, without computing it."""
-  return sharding.abstract_replicated(jax.eval_shape(lambda: initial_state(config, components)), components.mesh)
 
 
 def open_workdir(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
@@ -75,27 +29,13 @@ def is_time(step: int, every: int, num_steps: int) -> bool:
   return step == num_steps or (every > 0 and step % every == 0)
 
 
-def grid_key(state: train_step.TrainState):
-  """Returns the sampling key of the periodic grids: the same noise at every step, to compare progress."""
-  return jax.random.fold_in(state.rng, train_step.SAMPLING)
-
-
-def sample_batches(components: Components, params, rng, num_samples: int, batch_size: int, image_size: int):
-  """Yields batches of samples in [-1, 1], num_samples in all; every batch is sampled at one compiled shape."""
-  shape = (batch_size, image_size, image_size, 3)
-  for index, start in enumerate(range(0, num_samples, batch_size)):
-    batch = components.sample_fn(params, jax.random.fold_in(rng, index), shape)
-    yield batch[:min(batch_size, num_samples - start)]
-
-
-def write_grid(config, components: Components, state, workdir: str, writer, step: int) -> str | None:
+def write_grid(config, components: components_lib.Components, state, workdir: str, writer, step: int) -> str | None:
   """Samples the EMA params, writes workdir/samples/step_<N>.png and an image summary; returns the path.
 
   Every process samples (the params span them all); only process 0 writes, and the others return None.
   """
   n = config.training.num_grid_samples
-  batches = sample_batches(components, state.ema_params, grid_key(state), n, n, config.data.image_size)
-  grid_samples = next(batches)
+  grid_samples = components.sampler.sample(state.ema_params, keys.grid_key(state.rng, 0), n)
   if jax.process_index() != 0:
     return None
   path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), f'step_{step}', grid_samples)
@@ -127,38 +67,35 @@ class MetricsLog:
     return scalars
 
 
-def restore_or_init(config, components: Components, manager, train_iter):
-  """Returns the latest checkpoint's state (positioning train_iter) or, in a new workdir, a fresh one."""
+def restore_or_init(config, components: components_lib.Components, manager) -> train_step.TrainState:
+  """Returns the newest intact checkpoint's state or, in a new workdir, a fresh one."""
   if manager.latest_step() is None:
-    state = initial_state(config, components)
+    state = components_lib.initial_state(config, components)
     logging.info('Starting a new run: %d parameters.', count_params(state.params))
     return state
-  return checkpoints.restore(manager, abstract_state(config, components), train_iter)
+  return checkpoints.restore(manager, components_lib.abstract_state(config, components))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       allow_config_change: bool = False) -> train_step.TrainState:
+                       allow_config_change: bool = False) -> train_step.TrainState | None:
   """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
 
   Returns None, at once, when the workdir's run has already reached num_steps.
   """
-  components = build(config)
-  evaluation = make_evaluation(config, components)  # fails here, before training, if Inception can't be had
+  components = components_lib.build(config)
+  # Fails here, before training, if Inception can't be had.
+  evaluation = components_lib.make_evaluation(config, components)
   t = config.training
   manager, config_changes = open_workdir(config, workdir, allow_config_change)
-  train_input = TrainInput(config, components.mesh)
-  try:
-    state = restore_or_init(config, components, manager, train_input.iterator)  # the newest intact checkpoint
-  except BaseException:
-    train_input.close()
-    raise
+  state = restore_or_init(config, components, manager)
   if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
     workdir_lib.record_config(workdir, config, config_changes)
   if int(state.step) >= t.num_steps:
-    train_input.close()
     logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, state.step, t.num_steps)
     print(f'Run already finished at step {int(state.step)} (training.num_steps={t.num_steps}); nothing to do.')
     return None
+  # The batches are a function of the step alone: the input starts at the restored step's batch.
+  train_input = TrainInput(config, components.mesh, start_step=int(state.step))
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if int(state.step) == 0:
     writer.write_hparams(hparams(config))
@@ -214,11 +151,11 @@ def check_finite(state, manager, max_nonfinite_steps: int) -> None:
         f'(none was applied); the last good checkpoint is step {manager.latest_step()} in {manager.directory}')
 
 
-def save_checkpoint(manager, step: int, state, train_iter, previous_step: int | None) -> int:
+def save_checkpoint(manager, step: int, state, previous_step: int | None) -> int:
   """Returns `step` once its save has started, after checking that the previous save succeeded."""
   if previous_step is not None:
     checkpoints.check_saved(manager, previous_step)
-  checkpoints.save(manager, step, state, train_iter)
+  checkpoints.save(manager, step, state)
   return step
 
 
@@ -227,6 +164,8 @@ def run_loop(config, components, state, train_input, manager, writer, workdir, e
   t = config.training
   first_step = int(state.step)
   logging.info('Training from step %d to %d.', first_step, t.num_steps)
+  logging.info('Process %d of %d, %d of %d devices.', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
   progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
                                              every_steps=t.log_every_steps)
   metrics_log = MetricsLog(writer, components.learning_rate)
@@ -244,9 +183,9 @@ def run_loop(config, components, state, train_input, manager, writer, workdir, e
       if is_time(step, t.sample_every_steps, t.num_steps):
         write_grid(config, components, state, workdir, writer, step)
       if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
-        evaluate_and_write(evaluation, state, workdir, step, writer)
+        evaluation.evaluate_and_write(state, workdir, step, writer)
       if is_time(step, t.checkpoint_every_steps, t.num_steps) or stop.signal:
-        saved_step = save_checkpoint(manager, step, state, train_input.iterator, saved_step)
+        saved_step = save_checkpoint(manager, step, state, saved_step)
       if stop.signal:
         break
   if saved_step is not None:
@@ -257,66 +196,3 @@ def run_loop(config, components, state, train_input, manager, writer, workdir, e
     print(f'{stop.signal}: saved checkpoint {saved_step}; run the same command to resume.')
   return state
 
-
-def make_evaluation(config, components: Components | None = None, force: bool = False):
-  """Returns the run's Evaluation when eval.every_steps > 0 (or force), else None; checks Inception first."""
-  if not (config.eval.every_steps or force):
-    return None
-  # eval_bridge loads torch: only when evaluating.
-  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
-  evaluation_lib.check_setup(config, force=force)
-  components = components or build(config)
-  return evaluation_lib.Evaluation(config, components.model, components.schedule, components.mesh)
-
-
-def evaluate_and_write(evaluation, state, workdir: str, step: int, writer=None) -> dict:
-  """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
-  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
-  metrics = evaluation.evaluate(state.ema_params, evaluation_lib.eval_key(state))
-  if jax.process_index() == 0:  # every process evaluates (the params span them all); one writes
-    evaluation_lib.write_results(workdir, step, metrics, writer)
-  return metrics
-
-
-def evaluate_checkpoints(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
-                         allow_config_change: bool = False):
-  """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
-  from ddpm_jax import evaluation as evaluation_lib  # pylint: disable=g-import-not-at-top
-  workdir_lib.check_config(workdir, config, True, allow_config_change)
-  components = build(config)
-  evaluation = make_evaluation(config, components, force=True)
-  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
-  steps = [checkpoint_step] if checkpoint_step is not None else sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f'no checkpoint in {manager.directory} to evaluate')
-  results = {}
-  for step in steps:
-    state = checkpoints.restore(manager, abstract_state(config, components), step=step)
-    results[step] = evaluate_and_write(evaluation, state, workdir, step)
-    print(evaluation_lib.summary(step, results[step]))
-  return results
-
-
-def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
-           allow_config_change: bool = False) -> str | None:
-  """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path.
-
-  Returns None on processes other than 0, which sample but write nothing.
-  """
-  workdir_lib.check_config(workdir, config, True, allow_config_change)
-  components = build(config)
-  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
-  state = checkpoints.restore(manager, abstract_state(config, components), step=checkpoint_step)
-  step = int(state.step)
-  s = config.sampling
-  rng = jax.random.fold_in(jax.random.fold_in(state.rng, train_step.SAMPLING), step)
-  batches = [np.asarray(b) for b in sample_batches(components, state.ema_params, rng, s.num_samples, s.batch_size,
-                                                   config.data.image_size)]
-  name = f'sample_step_{step}_{s.sampler}{components.schedule.num_timesteps if s.sampler == "ddpm" else s.num_steps}'
-  if jax.process_index() != 0:  # every process samples (the params span them all); process 0 writes
-    return None
-  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), name, np.concatenate(batches))
-  np.savez_compressed(os.path.join(workdir, 'samples', f'{name}.npz'), images=images_uint8)
-  logging.info('Wrote %s and %s.npz', path, name)
-  print(f'Wrote {len(images_uint8)} samples of step {step}: {path} and {name}.npz')
-  return path

@@ -2,21 +2,26 @@
 import jax
 import ml_collections
 
-from ddpm_jax import data, device_data, sharding
+from ddpm_jax import data
+from ddpm_jax.core import device_data, sharding
 
 
 class TrainInput:
-  """The train step's input each step, and the iterator whose position checkpoints keep (None on device)."""
+  """The train step's input each step from `start_step` on: batch i is a function of (seed, i) alone.
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh):
+  So a run resumed at step s, on any number of processes or devices, reads the very
+  batches the uninterrupted run reads from s on, and checkpoints keep no data position.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh, start_step: int = 0):
     self.mesh, self.iterator, self.images = mesh, None, None
     if config.data.on_device:
-      # Indices, flips and scaling happen inside the jitted step; the checkpoint needs no data position.
+      # Indices, flips and scaling happen inside the jitted step, from the state's step.
       self.images = device_data.to_device(data.load_split(config.data, 'train', config.seed), mesh)
     else:
       self.iterator = data.make_train_loader(config.data, global_batch_size=config.training.batch_size,
                                              seed=config.seed, process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+                                             process_count=jax.process_count(), start_step=start_step)
 
   def next(self):
     """Returns the next step's input: the global batch, or the images on device."""

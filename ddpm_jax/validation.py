@@ -2,8 +2,9 @@
 import jax
 import ml_collections
 
-from ddpm_jax import data, diffusion, schedules
-from ddpm_jax.models.unet import UNetConfig
+from ddpm_jax import data
+from ddpm_jax.core import diffusion, schedules
+from ddpm_jax.core.models.unet import UNetConfig
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:

@@ -13,7 +13,7 @@ import pytest
 from configs import default
 from ddpm_jax import validation
 from ddpm_jax.workdir import flatten
-from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))

@@ -5,9 +5,7 @@ import sys
 import types
 
 from absl import flags
-import grain
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 import pytest
 
@@ -62,9 +60,9 @@ def take(iterator, num_batches):
   return [next(iterator) for _ in range(num_batches)]
 
 
-def index_iterator(length, batch_size=4, seed=0, flip=True, **shard):
+def index_iterator(length, batch_size=4, seed=0, flip=True, start_step=0, **shard):
   dataset = loader.train_dataset(
-      IndexSource(length), batch_size=batch_size, seed=seed, flip=flip, **shard)
+      IndexSource(length), batch_size=batch_size, seed=seed, flip=flip, start_step=start_step, **shard)
   return loader.to_iterator(dataset, num_workers=0)
 
 
@@ -168,43 +166,31 @@ def parsed_flags():
 
 
 @pytest.mark.usefixtures('parsed_flags')
-def test_worker_processes_give_the_same_batches_and_resume():
+def test_worker_processes_give_the_same_batches_from_any_start_step():
   config = shapes_config(num_workers=0)
   in_process = take(data.make_train_loader(config, global_batch_size=8, seed=2), 4)
   config.num_workers = 2
   workers = data.make_train_loader(config, global_batch_size=8, seed=2)
   batches = take(workers, 2)
   assert len(multiprocessing.active_children()) >= 2
-  state = workers.get_state()
-  batches += take(workers, 2)
-  workers.set_state(state)  # rewinds the workers: the same 2 batches again
-  batches += take(workers, 2)
   workers.close()
-  in_process += in_process[2:]
+  resumed = data.make_train_loader(config, global_batch_size=8, seed=2, start_step=2)
+  batches += take(resumed, 2)
+  resumed.close()
   for expected, batch in zip(in_process, batches, strict=True):
     np.testing.assert_array_equal(expected['image'], batch['image'])
 
 
-def test_orbax_round_trip_resumes_where_it_stopped(tmp_path):
-  # 24 examples in batches of 4: the 8 saved batches span an epoch boundary.
-  iterator = index_iterator(24)
-  take(iterator, 8)
-  options = ocp.CheckpointManagerOptions(create=True)
-  with ocp.CheckpointManager(tmp_path / 'ckpt', options=options) as manager:
-    manager.save(8, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({'step': np.array(8)}),
-        data_iter=grain.checkpoint.CheckpointSave(iterator)))
-    manager.wait_until_finished()
-  expected = take(iterator, 8)
-
-  fresh = index_iterator(24)
-  with ocp.CheckpointManager(tmp_path / 'ckpt', options=options) as manager:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore({'step': np.array(0)}),
-        data_iter=grain.checkpoint.CheckpointRestore(fresh)))
-  assert int(restored.state['step']) == 8
-  for want, got in zip(expected, take(restored.data_iter, 8)):
-    np.testing.assert_array_equal(want['image'], got['image'])
+@pytest.mark.parametrize('process_count', [1, 2, 4])
+def test_a_loader_started_at_a_step_continues_with_the_uninterrupted_batches_on_any_process_count(process_count):
+  # 24 examples in global batches of 8: 3 batches an epoch, so steps 5..10 cross two epoch boundaries.
+  uninterrupted = take(index_iterator(24, batch_size=8, seed=3), 11)[5:]
+  resumed = [index_iterator(24, batch_size=8 // process_count, seed=3, start_step=5, process_index=p,
+                            process_count=process_count) for p in range(process_count)]
+  for want in uninterrupted:
+    got = np.concatenate([next(iterator)['image'] for iterator in resumed])
+    np.testing.assert_array_equal(want['image'], got)
+  assert not np.array_equal(uninterrupted[0]['image'], take(index_iterator(24, batch_size=8, seed=3), 1)[0]['image'])
 
 
 def test_eval_iterator_is_fixed_unaugmented_and_stops():

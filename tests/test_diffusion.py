@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import diffusion, schedules
+from ddpm_jax.core import diffusion, schedules
 
 torch = pytest.importorskip('torch')
 diffusers = pytest.importorskip('diffusers')

@@ -2,6 +2,7 @@
 import glob
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -66,7 +67,7 @@ def restore_state(workdir: str, step: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_end_where_one_process_with_two_devices_does(local_env, tmp_path):
+def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in_one(local_env, tmp_path):
   two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
   cluster = [f'--workdir={two}', f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
   processes = {f'process {i}': start(local_env, command(*cluster, f'--process_id={i}'), FAST_COMPILE)
@@ -77,9 +78,8 @@ def test_two_processes_end_where_one_process_with_two_devices_does(local_env, tm
                                  f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')
   results = finish(processes)
 
-  # Each process saved its own data-iterator position: they ran as processes 0 and 1 of 2.
-  assert sorted(os.listdir(os.path.join(two, 'checkpoints', '4', 'data_iterator'))) == [
-      'commit_success.txt', 'process_0-of-2.json', 'process_1-of-2.json']
+  assert 'Process 0 of 2, 1 of 2 devices' in results['process 0'][1]
+  assert 'Process 1 of 2, 1 of 2 devices' in results['process 1'][1]
   assert checkpoint_steps(two) == checkpoint_steps(one) == [2, 4]
   # Gradients are summed over the two devices by gloo across processes and by XLA within one:
   # other code, free to add in another order. Two addends commute, and today the states agree bit
@@ -100,6 +100,20 @@ def test_two_processes_end_where_one_process_with_two_devices_does(local_env, tm
   assert sorted(os.listdir(os.path.join(two, 'samples'))) == ['step_2.png', 'step_4.png']
   assert os.path.exists(os.path.join(two, 'config.json'))
   assert 'Wrote ' in results['process 0'][1] and 'Wrote ' not in results['process 1'][1]
+
+  # 2 processes -> 1: the two-process run's checkpoint 2, resumed by one process, continues with the batches
+  # the uninterrupted run draws (no data position is stored: batch i is a function of the step).
+  resumed = str(tmp_path / 'resumed')
+  shutil.copytree(two, resumed)
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '4'))
+  results = finish({'resumed': start(local_env, command(f'--workdir={resumed}'),
+                                     f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')})
+  assert 'Training from step 2 to 4' in results['resumed'][1] and 'Process 0 of 1, 2 of 2 devices' in results['resumed'][1]
+  resumed_state = restore_state(resumed, 4)
+  for name in ('params', 'ema_params'):
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                           resumed_state[name], reference_state[name])
+  assert scalars(resumed)['loss'][4] == pytest.approx(reference_logged['loss'][4], rel=1e-5)
 
 
 @pytest.mark.parametrize('flags,message', [

@@ -13,7 +13,7 @@ from PIL import Image
 
 from clitools import ROOT, TINY, start
 from ddpm_jax import evaluation, report
-from ddpm_jax.models.unet import UNet, UNetConfig, count_params
+from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 # Two runs that differ in schedule, loss and model size, so a row that mixed them up would show.
 RUNS = {

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ddpm_jax import schedules
+from ddpm_jax.core import schedules
 
 diffusers = pytest.importorskip('diffusers')
 

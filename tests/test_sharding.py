@@ -9,8 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
-    from ddpm_jax import schedules, sharding, train_step
-    from ddpm_jax.models.unet import UNet, UNetConfig
+    from ddpm_jax.core import schedules, sharding, train_step
+    from ddpm_jax.core.models.unet import UNet, UNetConfig
 
     assert jax.device_count() == 4, jax.devices()
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
@@ -53,18 +53,18 @@ def test_train_step_on_four_devices_equals_one_device():
 SAMPLER_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from jax.sharding import Mesh
-    from ddpm_jax import schedules, sharding, train_step
-    from ddpm_jax.models.unet import UNet, UNetConfig
+    from ddpm_jax.core import sampler, schedules, sharding, train_step
+    from ddpm_jax.core.models.unet import UNet, UNetConfig
 
     assert jax.device_count() == 4, jax.devices()
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                             num_groups=4, dropout=0.0))
     schedule = schedules.make_schedule('cosine', 50)
+    section = dict(sampler='ddim', num_steps=5, variance='beta_tilde', eta=1.0, clip_denoised=True)
     params = train_step.init_params(model, 8, 0)
 
     def sample(mesh, batch):
-      fn = jax.jit(train_step.make_sampler(model.apply, schedule, sampler='ddim', num_steps=5, variance='beta_tilde',
-                                           eta=1.0, clip_denoised=True, prediction='eps', mesh=mesh), static_argnums=2)
+      fn = sampler.make_sampler(model.apply, schedule, section, prediction='eps', image_size=8, mesh=mesh).sample_fn
       shape = (batch, 8, 8, 3)
       compiled = fn.lower(sharding.replicate(params, mesh), jax.random.PRNGKey(3), shape).compile().as_text()
       return np.asarray(fn(sharding.replicate(params, mesh), jax.random.PRNGKey(3), shape)), compiled

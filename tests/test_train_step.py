@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax import schedules, train_step
-from ddpm_jax.models.unet import UNet, UNetConfig
+from ddpm_jax.core import schedules, train_step
+from ddpm_jax.core.models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                   num_groups=4, dropout=0.0)

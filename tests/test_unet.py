@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax.models.unet import UNet, UNetConfig, count_params, timestep_embedding
+from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params, timestep_embedding
 
 # The official diffusion_tf CIFAR-10 model (Ho et al. 2020) has 35,746,307 parameters.
 CIFAR_CONFIG = UNetConfig(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,

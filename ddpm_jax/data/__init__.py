@@ -7,7 +7,7 @@ so `shapes` runs without TensorFlow.
   validate_data_config(config.data, config.training.batch_size)
   train_iter = make_train_loader(config.data, global_batch_size=..., seed=...)
   batch = next(train_iter)  # {'image': float32 [local_batch, H, W, 3] in [-1, 1]}
-  # train_iter.get_state()/set_state(); in Orbax: grain.checkpoint.CheckpointSave/Restore
+  # batch i depends on (seed, i) alone: start_step=s starts at batch s, as a resumed run does
 """
 import numpy as np
 
@@ -63,17 +63,16 @@ def make_source(data_config, split: str, seed: int):
 
 
 def make_train_loader(data_config, *, global_batch_size: int, seed: int,
-                      process_index: int = 0, process_count: int = 1):
-  """Returns a checkpointable iterator of {'image': float32 [local_batch, H, W, 3] in [-1, 1]}.
+                      process_index: int = 0, process_count: int = 1, start_step: int = 0):
+  """Returns an iterator of {'image': float32 [local_batch, H, W, 3] in [-1, 1]}, from step start_step's batch.
 
-  Infinite, reshuffled every epoch, and this process's shard only. Save its
-  position with `get_state()` or with Orbax (grain.checkpoint.CheckpointSave).
+  Infinite, reshuffled every epoch, and this process's rows of each global batch only.
   """
   batch_size = loader.local_batch_size(global_batch_size, process_count)
   dataset = loader.train_dataset(
       make_source(data_config, 'train', seed), batch_size=batch_size, seed=seed,
       flip=data_config.random_flip, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, start_step=start_step)
   return loader.to_iterator(dataset, data_config.num_workers)
 
 

@@ -14,6 +14,7 @@ import functools
 import grain
 import numpy as np
 
+from ddpm_jax.core import keys
 from ddpm_jax.data import shapes
 
 # Prefetch whole batches, not examples: a few are enough to hide the read time
@@ -26,12 +27,6 @@ _READ_THREADS = 1
 # Epoch orders kept per reader: near an epoch boundary the prefetching threads
 # (or, with few batches an epoch, the whole buffer) read from a few epochs at once.
 _CACHED_EPOCHS = 4
-_SHUFFLE, _FLIP = 0, 1  # purposes folded into the base seed
-
-
-def derive_seed(seed: int, purpose: int) -> int:
-  """Returns a 32-bit seed for one purpose, independent of the other purposes' seeds."""
-  return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
 
 
 def local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -70,7 +65,7 @@ class EpochBatches:
     self.batch_size = batch_size
     self.global_batch_size = batch_size * process_count
     self.offset = process_index * batch_size
-    self.seed = derive_seed(seed, _SHUFFLE)
+    self.seed = seed
     self.batches_per_epoch = len(source) // self.global_batch_size
     self._make_cache()
 
@@ -79,7 +74,7 @@ class EpochBatches:
 
   def _draw_epoch_order(self, epoch: int) -> np.ndarray:
     """Returns the dataset's indices in epoch `epoch`'s shuffled order."""
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+    return keys.host_order_rng(self.seed, epoch).permutation(len(self.source))
 
   def __call__(self, step: int, batch: int) -> np.ndarray:
     """Returns this process's rows of batch `batch` of the epoch that global step `step` falls in."""
@@ -109,7 +104,7 @@ class RandomFlips:
     self.global_batch_size = batch_size * process_count
 
   def __call__(self, step: int, images: np.ndarray) -> np.ndarray:
-    flips = np.random.default_rng([self.seed, step]).random(self.global_batch_size)[self.rows] < 0.5
+    flips = keys.host_flip_rng(self.seed, step).random(self.global_batch_size)[self.rows] < 0.5
     return flip_batch(images, flips)
 
 
@@ -137,14 +132,15 @@ def to_model_input(images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
-  """Returns this process's infinite MapDataset of shuffled, flipped float batches.
+                  process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.MapDataset:
+  """Returns this process's infinite MapDataset of shuffled, flipped float batches, from batch start_step on.
 
-  Element i is batch i: `repeat` makes the epoch's batch numbers an infinite
-  sequence, `EpochBatches` reads each from its epoch's order, and the flips
-  are drawn per batch from (seed, i), so each epoch has its own order and its
-  own flips, and a restored iterator repeats them exactly. `batch_size` is the
-  per-process batch; the processes' batches together form the global batch.
+  Batch i (element i - start_step) is training step i's: `repeat` makes the epoch's
+  batch numbers an infinite sequence, `EpochBatches` reads each from its epoch's
+  order, and the flips are drawn per batch from (seed, i), so each epoch has its
+  own order and its own flips, and a run resumed at step s reads exactly the
+  batches from s on. `batch_size` is the per-process batch; the processes'
+  batches together form the global batch.
   """
   shard = dict(process_index=process_index, process_count=process_count)
   batches = EpochBatches(source, batch_size=batch_size, seed=seed, **shard)
@@ -155,13 +151,14 @@ def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
         'use a larger dataset or a smaller training.batch_size.')
   dataset = grain.MapDataset.range(batches.batches_per_epoch).repeat().map_with_index(batches)
   if flip:
-    dataset = dataset.map_with_index(RandomFlips(derive_seed(seed, _FLIP), batch_size=batch_size, **shard))
-  return dataset.map(to_model_input)
+    dataset = dataset.map_with_index(RandomFlips(seed, batch_size=batch_size, **shard))
+  # A slice keeps the parent's indices: element 0 is batch start_step, with its epoch order and flips.
+  return dataset[start_step:].map(to_model_input)
 
 
 def to_iterator(dataset: grain.MapDataset, num_workers: int,
                 num_threads: int = _READ_THREADS) -> grain.DatasetIterator:
-  """Returns a checkpointable iterator over `dataset`, read by threads or worker processes."""
+  """Returns an iterator over `dataset`, read by threads or worker processes."""
   read_options = grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=_PREFETCH_BATCHES)
   iter_dataset = dataset.to_iter_dataset(read_options)

@@ -24,6 +24,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ddpm_jax.core import keys
 from ddpm_jax.data import cache
 from ddpm_jax.data import preprocess
 
@@ -32,7 +33,6 @@ SPLITS = ('train', 'test')
 # each class held out as 'test'.
 STUDY_SPLITS = {'food101': ('train+validation', 20)}
 HOLDOUT_FRACTION = 0.02
-_HOLDOUT_PURPOSE = 2  # folded into the seed, so the hold-out is independent of other seeded streams
 _NO_LABEL = -1
 # ('per_class', images per class) or ('fraction', fraction of the split).
 Holdout = tuple[str, float]
@@ -124,7 +124,7 @@ def resolve_split(dataset: str, split: str, available: set[str]) -> tuple[str, H
 
 def split_rows(split: str, holdout: Holdout, labels: np.ndarray, seed: int) -> np.ndarray:
   """Returns the sorted cache rows of `split` when 'test' is held out of the cached split."""
-  rng = np.random.default_rng([seed, _HOLDOUT_PURPOSE])
+  rng = keys.holdout_rng(seed)
   kind, amount = holdout
   if kind == 'per_class':
     test = per_class_holdout(labels, amount, rng)

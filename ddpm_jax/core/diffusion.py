@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddpm_jax.schedules import Schedule
+from ddpm_jax.core.schedules import Schedule
 
 LOSSES = ('mse', 'mae', 'huber')
 PREDICTIONS = ('eps', 'x0', 'v')

@@ -5,7 +5,7 @@ as uint8) need not cross the host-device link every step: `device_batch` picks a
 step's rows, flips and scales them inside the jitted train step, so the host only
 dispatches. Pure: imports only jax and numpy.
 
-Order and flips derive from (key, epoch) and (key, step) alone, as everything else
+Order and flips derive from (rng, epoch) and (rng, step) alone (`keys`), as everything else
 in a run, so a resumed run draws exactly the batches the uninterrupted one would have
 and the checkpoint needs no iterator position. Each epoch is a fresh permutation of
 the whole split; its remainder (fewer than a batch) is dropped, as the host loader does.
@@ -15,9 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ddpm_jax import sharding
-
-_ORDER, _FLIP = 0, 1  # purposes folded into the data key
+from ddpm_jax.core import keys, sharding
 
 
 def to_device(images: np.ndarray, mesh: Mesh) -> jax.Array:
@@ -27,17 +25,17 @@ def to_device(images: np.ndarray, mesh: Mesh) -> jax.Array:
   return sharding.replicate(jnp.asarray(images), mesh)
 
 
-def device_batch(images: jax.Array, step, key, *, batch_size: int, flip: bool) -> dict:
+def device_batch(images: jax.Array, step, rng, *, batch_size: int, flip: bool) -> dict:
   """Returns {'image': float32 [batch_size, H, W, C] in [-1, 1]}: step `step`'s batch of the images on device."""
   num_images = images.shape[0]
   batches_per_epoch = num_images // batch_size
   if batches_per_epoch == 0:
     raise ValueError(f'the dataset has {num_images} training examples, fewer than one batch of {batch_size}')
   epoch, index = step // batches_per_epoch, step % batches_per_epoch
-  order = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, _ORDER), epoch), num_images)
+  order = jax.random.permutation(keys.device_order_key(rng, epoch), num_images)
   rows = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
   batch = images[rows]
   if flip:
-    mirrored = jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(key, _FLIP), step), 0.5, (batch_size,))
+    mirrored = jax.random.bernoulli(keys.device_flip_key(rng, step), 0.5, (batch_size,))
     batch = jnp.where(mirrored[:, None, None, None], batch[:, :, ::-1], batch)
   return {'image': batch.astype(jnp.float32) / 127.5 - 1.0}

@@ -1,8 +1,8 @@
 """The train state and the one jitted train step: timestep and noise draw, loss, grads, update, EMA.
 
-Pure: imports only jax, flax, optax and numpy. Randomness needs no saved state:
-each step's keys are `fold_in(fold_in(state.rng, step), purpose)`, so a resumed
-run draws exactly what the uninterrupted run would have drawn.
+Pure: imports only jax, flax, optax and numpy. Each step's keys come from `keys`
+(timesteps, noise, dropout of (state.rng, state.step)), so a resumed run draws exactly
+what the uninterrupted run would have drawn.
 """
 import functools
 from typing import Any, Callable
@@ -12,12 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddpm_jax import device_data, diffusion, sharding
-from ddpm_jax.schedules import Schedule
-
-# Purposes folded into a step's key.
-TIMESTEPS, NOISE, DROPOUT, SAMPLING, EVAL, DATA = 0, 1, 2, 3, 4, 5
-
+from ddpm_jax.core import device_data, diffusion, keys
+from ddpm_jax.core.schedules import Schedule
 
 @flax.struct.dataclass
 class TrainState:
@@ -52,11 +48,8 @@ def ema_decay_at(step, ema_decay: float):
 def init_params(model, image_size: int, seed: int, channels: int = 3):
   """Returns the model's initial params for square images of the given size."""
   dummy = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
-  # The RBG generator compiles the U-Net's init ~5x faster on CPU than threefry; only the
-  # initial params come from it, and they are checkpointed, so resume is unaffected.
-  init_key = jax.random.key(seed, impl='rbg')
   init = jax.jit(model.init, static_argnames='train')
-  return init(init_key, dummy, jnp.zeros((1,), jnp.int32), train=False)['params']
+  return init(keys.params_init_key(seed), dummy, jnp.zeros((1,), jnp.int32), train=False)['params']
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
@@ -66,18 +59,13 @@ def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> 
                     opt_state=optimizer.init(params), rng=rng, nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
-def step_key(rng, step, purpose: int):
-  """Returns the key for one purpose at one step."""
-  return jax.random.fold_in(jax.random.fold_in(rng, step), purpose)
-
-
 def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedule,
                optimizer: optax.GradientTransformation, loss: str, prediction: str, ema_decay: float):
   """Returns (the state after one optimizer step on batch['image'], a dict of scalar metrics)."""
   x0 = batch['image']
-  t = jax.random.randint(step_key(state.rng, state.step, TIMESTEPS), (x0.shape[0],), 0, schedule.num_timesteps)
-  noise = jax.random.normal(step_key(state.rng, state.step, NOISE), x0.shape, x0.dtype)
-  dropout_key = step_key(state.rng, state.step, DROPOUT)
+  t = jax.random.randint(keys.timesteps_key(state.rng, state.step), (x0.shape[0],), 0, schedule.num_timesteps)
+  noise = jax.random.normal(keys.noise_key(state.rng, state.step), x0.shape, x0.dtype)
+  dropout_key = keys.dropout_key(state.rng, state.step)
 
   def compute_loss(params):
     model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs={'dropout': dropout_key})
@@ -115,40 +103,17 @@ def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimize
                                 batch_sharding):
   """Returns the jitted step `(state, images on device) -> (state, metrics)` that draws its own batch.
 
-  The batch (rows, flips) comes from `device_data.device_batch` with the run's DATA key,
+  The batch (rows, flips) comes from `device_data.device_batch` with the run's base key,
   split across devices by `batch_sharding`; the state is donated, the images are not.
   """
   diffusion.check_choice('loss', loss, diffusion.LOSSES)
   diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
 
   def step(state: TrainState, images):
-    batch = device_data.device_batch(images, state.step, jax.random.fold_in(state.rng, DATA), batch_size=batch_size,
+    batch = device_data.device_batch(images, state.step, state.rng, batch_size=batch_size,
                                      flip=flip)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
                       prediction=prediction, ema_decay=ema_decay)
   return jax.jit(step, donate_argnums=0)
 
-
-def make_sampler(apply_fn: Callable, schedule: Schedule, *, sampler: str, num_steps, variance: str, eta: float,
-                 clip_denoised: bool, prediction: str, mesh=None):
-  """Returns `(params, rng, shape) -> images in [-1, 1]` that samples with the model in eval mode.
-
-  With a mesh, the batch is split across its devices at every reverse step (when the
-  batch divides by the device count) and the images come back replicated, so every
-  process can read them.
-  """
-  def split_batch(x):
-    if mesh is None or x.shape[0] % mesh.size:
-      return x
-    return jax.lax.with_sharding_constraint(x, sharding.batch_sharded(mesh))
-
-  def denoise(params, x_t, t):
-    return apply_fn({'params': params}, split_batch(x_t), t, train=False)
-
-  def sample(params, rng, shape):
-    images = diffusion.sample(jax.tree_util.Partial(denoise, params), schedule, rng, shape, sampler=sampler,
-                              num_steps=num_steps, eta=eta, variance=variance, clip_denoised=clip_denoised,
-                              prediction=prediction)
-    return images if mesh is None else jax.lax.with_sharding_constraint(images, sharding.replicated(mesh))
-  return sample

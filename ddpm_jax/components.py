@@ -1,0 +1,67 @@
+"""What a run is built from, for every mode: the model, schedule, optimizer, jitted step and sampler; the state."""
+import dataclasses
+
+import jax
+import ml_collections
+
+from ddpm_jax.core import keys, sampler, schedules, sharding, train_step
+from ddpm_jax.core.models.unet import UNet, UNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+  """What a run is built from: the model, its schedule and optimizer, and the jitted functions."""
+  model: UNet
+  mesh: object
+  schedule: schedules.Schedule
+  optimizer: object
+  learning_rate: object
+  step_fn: object
+  sampler: sampler.Sampler  # config.sampling's: the grids and --mode=sample
+
+
+def build(config: ml_collections.ConfigDict) -> Components:
+  """Returns the model, schedule, optimizer, jitted train step and sampler the config describes."""
+  model = UNet(UNetConfig(**config.model))
+  schedule = schedules.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+  t = config.training
+  optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
+  mesh = sharding.make_mesh()
+  objective = dict(loss=config.diffusion.loss, prediction=config.diffusion.prediction, ema_decay=t.ema_decay)
+  if config.data.on_device:
+    step_fn = train_step.make_device_data_train_step(
+        model.apply, schedule, optimizer, **objective, batch_size=t.batch_size, flip=config.data.random_flip,
+        batch_sharding=sharding.batch_sharded(mesh))
+  else:
+    step_fn = train_step.make_train_step(model.apply, schedule, optimizer, **objective)
+  grid_sampler = make_sampler(config, model, schedule, mesh, config.sampling)
+  return Components(model, mesh, schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
+                    step_fn, grid_sampler)
+
+
+def make_sampler(config: ml_collections.ConfigDict, model: UNet, schedule, mesh, section) -> sampler.Sampler:
+  """Returns the sampler of the model that a config section (config.sampling, or evaluation's) describes."""
+  return sampler.make_sampler(model.apply, schedule, section, prediction=config.diffusion.prediction,
+                              image_size=config.data.image_size, mesh=mesh)
+
+
+def initial_state(config: ml_collections.ConfigDict, components: Components) -> train_step.TrainState:
+  """Returns the freshly initialised train state of the config's seed."""
+  params = train_step.init_params(components.model, config.data.image_size, config.seed)
+  state = train_step.create_train_state(params, components.optimizer, keys.base_key(config.seed))
+  return sharding.replicate(state, components.mesh)
+
+
+def abstract_state(config: ml_collections.ConfigDict, components: Components):
+  """Returns the shapes, dtypes and shardings of the train state, without computing it."""
+  return sharding.abstract_replicated(jax.eval_shape(lambda: initial_state(config, components)), components.mesh)
+
+
+def make_evaluation(config: ml_collections.ConfigDict, components: Components, force: bool = False):
+  """Returns the run's Evaluation when eval.every_steps > 0 (or force), else None; checks Inception first."""
+  if not (config.eval.every_steps or force):
+    return None
+  # The one import of evaluation: it loads torch, which only evaluating needs.
+  from ddpm_jax import evaluation  # pylint: disable=g-import-not-at-top
+  evaluation.check_setup(config, force=force)
+  return evaluation.Evaluation(config, components)

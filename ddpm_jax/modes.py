@@ -1,0 +1,74 @@
+"""The modes that read a trained workdir: --mode=sample and --mode=eval. They write samples and scores, never
+checkpoints or config.json."""
+import dataclasses
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from ddpm_jax import checkpoints, images
+from ddpm_jax import components as components_lib
+from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.core import keys
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+  """A workdir opened for reading: what its config builds, and its checkpoints."""
+  config: ml_collections.ConfigDict
+  components: components_lib.Components
+  manager: ocp.CheckpointManager
+
+  def steps(self) -> list[int]:
+    """Returns the steps of the workdir's checkpoints, ascending."""
+    return sorted(self.manager.all_steps())
+
+  def restore(self, step: int | None = None):
+    """Returns the train state of checkpoint `step` (default: the newest intact one)."""
+    return checkpoints.restore(self.manager, components_lib.abstract_state(self.config, self.components), step=step)
+
+
+def open_trained_run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> TrainedRun:
+  """Returns the workdir opened for reading, once its saved config.json allows this config."""
+  workdir_lib.check_config(workdir, config, True, allow_config_change)
+  components = components_lib.build(config)
+  return TrainedRun(config, components, checkpoints.make_manager(workdir, config.training.keep_checkpoints))
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+           allow_config_change: bool = False) -> str | None:
+  """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path.
+
+  Returns None on processes other than 0, which sample but write nothing.
+  """
+  run = open_trained_run(config, workdir, allow_config_change)
+  state = run.restore(checkpoint_step)
+  step, s, sampler = int(state.step), config.sampling, run.components.sampler
+  batches = [np.asarray(b) for b in sampler.batches(state.ema_params, lambda i: keys.sample_key(state.rng, step, i),
+                                                    s.num_samples, s.batch_size)]
+  name = f'sample_step_{step}_{sampler.name}'
+  if jax.process_index() != 0:  # every process samples (the params span them all); process 0 writes
+    return None
+  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), name, np.concatenate(batches))
+  np.savez_compressed(os.path.join(workdir, 'samples', f'{name}.npz'), images=images_uint8)
+  logging.info('Wrote %s and %s.npz', path, name)
+  print(f'Wrote {len(images_uint8)} samples of step {step}: {path} and {name}.npz')
+  return path
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+             allow_config_change: bool = False) -> dict:
+  """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
+  run = open_trained_run(config, workdir, allow_config_change)
+  evaluation = components_lib.make_evaluation(config, run.components, force=True)
+  steps = [checkpoint_step] if checkpoint_step is not None else run.steps()
+  if not steps:
+    raise FileNotFoundError(f'no checkpoint in {run.manager.directory} to evaluate')
+  results = {}
+  for step in steps:
+    results[step] = evaluation.evaluate_and_write(run.restore(step), workdir, step)
+    print(evaluation.summary(step, results[step]))
+  return results
