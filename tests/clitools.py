@@ -1,10 +1,8 @@
-"""Driving `python -m ddpm_jax.main` from tests: paths, runs and what they leave in a workdir."""
-import os
+"""Driving `python -m ddpm_jax.main` in subprocesses, for tests where the process boundary is the point."""
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny.py')
+from runs import ROOT, TINY, checkpoint_steps  # noqa: F401  pylint: disable=unused-import
 
 
 def command(*args, config=TINY) -> list:
@@ -22,11 +20,6 @@ def start(env, *args, config=TINY, **kwargs) -> subprocess.Popen:
   """Returns the started CLI process, its output piped as text."""
   return subprocess.Popen(command(*args, config=config), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def checkpoint_steps(workdir: str) -> list:
-  """Returns the steps of the workdir's checkpoints, ascending."""
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
 
 
 def error_line(stderr: str) -> str:

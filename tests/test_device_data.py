@@ -1,14 +1,11 @@
 """data.on_device: batches drawn inside the train step from the whole split in device memory."""
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from clitools import cli
 from ddpm_jax.core import device_data, sharding
+from runs import digest, run
 
 
 def index_images(count, size=4):
@@ -62,15 +59,9 @@ def test_bad_input_is_a_clear_error():
     device_data.device_batch(jnp.zeros((5, 2, 2, 3), jnp.uint8), 0, jax.random.key(0), batch_size=8, flip=True)
 
 
-def digest(workdir, step):
-  with open(os.path.join(workdir, 'checkpoints', str(step), 'digest', 'metadata')) as f:
-    return json.load(f)['sha256']
-
-
-def test_cli_trains_on_device_and_resumes_bit_exact(env, tmp_path):
-  on_device = ('--config.data.on_device=True', '--config.training.sample_every_steps=1000')
+def test_trains_on_device_and_resumes_bit_exact(tmp_path):
+  on_device = {'data.on_device': True, 'training.sample_every_steps': 1000}
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   for workdir, steps in ((straight, 4), (resumed, 2), (resumed, 4)):
-    result = cli(env, f'--workdir={workdir}', *on_device, f'--config.training.num_steps={steps}')
-    assert result.returncode == 0, result.stderr[-3000:]
+    run(workdir, {**on_device, 'training.num_steps': steps})
   assert digest(resumed, 4) == digest(straight, 4)
