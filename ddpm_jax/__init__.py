@@ -1,5 +1,7 @@
 """ddpm_jax: a JAX/Flax trainer and evaluator for DDPM image generators.
 
-The pure core (`schedules`, `diffusion`, `models`, `train_step`) imports only
-jax, flax, optax and numpy; everything with I/O lives in the outer modules.
+`ddpm_jax.core` is the pure core (schedules, diffusion, keys, train step, sampler, sharding,
+on-device data, the U-Net): it imports only jax, flax, optax and numpy. Everything with I/O
+(data, checkpoints, logging, evaluation, the CLI) lives in the modules beside it; the
+README's Layout table lists them all.
 """
