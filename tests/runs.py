@@ -9,6 +9,10 @@ import json
 import os
 import shutil
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
 from ddpm_jax import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +52,15 @@ def digest(workdir: str, step: int) -> str:
   """Returns the SHA-256 of checkpoint `step`'s whole train state, as the checkpoint stores it."""
   with open(os.path.join(workdir, 'checkpoints', str(step), 'digest', 'metadata')) as f:
     return json.load(f)['sha256']
+
+
+def restore_numpy(workdir: str, step: int) -> dict:
+  """Returns checkpoint `step`'s train state as numpy arrays (host memory: any device count can read it)."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 # The fault tests' run: long enough to kill in the middle, a checkpoint every 3 steps.

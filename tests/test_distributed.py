@@ -9,12 +9,12 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from clitools import ROOT, checkpoint_steps, command
 from ddpm_jax import distributed
 from ddpm_jax.events import scalars
+from runs import restore_numpy
 
 # All three runs together; a coordinator waiting for a peer that never comes must not hang CI.
 # (~2-5 min on 2 busy cores with a cold compilation cache.)
@@ -57,15 +57,6 @@ def finish(processes: dict) -> dict:
   return results
 
 
-def restore_state(workdir: str, step: int) -> dict:
-  """Returns checkpoint `step`'s train state as numpy arrays (host memory: any device count can read it)."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
-
-
 @pytest.mark.slow
 def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in_one(local_env, tmp_path):
   two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
@@ -85,7 +76,7 @@ def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in
   # other code, free to add in another order. Two addends commute, and today the states agree bit
   # for bit; the tolerance (float32 rounding, amplified a little by Adam) leaves room for another
   # order, while other data or a lost step moves params by ~1e-3.
-  distributed_state, reference_state = restore_state(two, 4), restore_state(one, 4)
+  distributed_state, reference_state = restore_numpy(two, 4), restore_numpy(one, 4)
   assert int(distributed_state['step']) == int(reference_state['step']) == 4
   for name in ('params', 'ema_params'):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
@@ -109,7 +100,7 @@ def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in
   results = finish({'resumed': start(local_env, command(f'--workdir={resumed}'),
                                      f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')})
   assert 'Training from step 2 to 4' in results['resumed'][1] and 'Process 0 of 1, 2 of 2 devices' in results['resumed'][1]
-  resumed_state = restore_state(resumed, 4)
+  resumed_state = restore_numpy(resumed, 4)
   for name in ('params', 'ema_params'):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                            resumed_state[name], reference_state[name])

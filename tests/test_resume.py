@@ -17,18 +17,9 @@ from clitools import cli
 from ddpm_jax import checkpoints, data
 from ddpm_jax import components as components_lib
 from ddpm_jax.events import scalars
-from runs import checkpoint_steps, copy_run, digest, run, tiny_config
+from runs import checkpoint_steps, copy_run, digest, restore_numpy, run, tiny_config
 
 FOUR_DEVICES = '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0'
-
-
-def restore_numpy(workdir: str, step: int) -> dict:
-  """Returns checkpoint `step`'s train state as numpy arrays (host memory: any device count can read it)."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-  return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 def test_a_one_device_run_resumed_on_four_devices_continues_with_the_same_batches(env, trained, tmp_path):
