@@ -15,6 +15,7 @@ import optax
 from ddpm_jax.core import device_data, diffusion, keys
 from ddpm_jax.core.schedules import Schedule
 
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a run needs to continue: step, params, EMA params, optimizer state, base key."""
