@@ -68,6 +68,7 @@ def get_config():
   ev.sampling_steps = 100  # reverse steps used for evaluation
   ev.batch_size = 250  # images per sampling batch during evaluation
   ev.inception_weights = ''  # path to torch-fidelity Inception weights for offline machines ('' = download)
+  ev.metrics = ('fid', 'kid', 'ms_ssim')  # evaluator plug-ins to run (eval_bridge/metrics/): fid | kid | ms_ssim
   ev.ms_ssim_pairs = 500  # random generated pairs averaged for MS-SSIM
   ev.num_reference = 2020  # reference images (at most the split's size; Food-101's study test split has 2020)
   ev.reference_cache_dir = ''  # where reference features are cached ('' = ~/.cache/ddpm_jax/reference_features)

@@ -1,4 +1,4 @@
-"""FID, KID and MS-SSIM of EMA samples against the reference split, in training and in --mode=eval."""
+"""The chosen metrics (config.eval.metrics: FID, KID, MS-SSIM, ...) of EMA samples, in training and in --mode=eval."""
 import json
 import os
 
@@ -9,14 +9,12 @@ from absl import logging
 from ddpm_jax import components as components_lib
 from ddpm_jax import data
 from ddpm_jax.core import keys
-from eval_bridge import convert, evaluator, fidelity, reference
-
-METRICS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim')
+from eval_bridge import convert, evaluator, fidelity, metrics as metrics_lib, reference
 
 
 def check_setup(config: ml_collections.ConfigDict, force: bool = False) -> None:
-  """Raises a one-line ValueError, before any training, when evaluation is on and Inception can't be had."""
-  if config.eval.every_steps or force:
+  """Raises a one-line ValueError, before any training, when evaluation is on and needs Inception that can't be had."""
+  if (config.eval.every_steps or force) and metrics_lib.needs_inception(config.eval.metrics):
     try:
       fidelity.check_inception_weights(config.eval.inception_weights)
     except RuntimeError as e:
@@ -38,11 +36,16 @@ def settings(config: ml_collections.ConfigDict) -> dict:
 
 
 class Evaluation:
-  """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler."""
+  """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler.
+
+  Inception loads, and the reference features are computed, only if a chosen metric needs them.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, components: components_lib.Components):
     self.config = config
-    self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
+    self.extractor = None
+    if metrics_lib.needs_inception(config.eval.metrics):
+      self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
     self.sampler = components_lib.make_sampler(config, components.model, components.schedule, components.mesh,
                                                sampler_section(config))
     self._reference = None
@@ -66,7 +69,7 @@ class Evaluation:
     Batch i's noise is `keys.eval_key(rng, i)`: the same at every step, so metric curves are less noisy.
     """
     e = self.config.eval
-    scorer = evaluator.Evaluator(self.extractor, self.reference(), ms_ssim_pairs=e.ms_ssim_pairs,
+    scorer = evaluator.Evaluator(self.extractor, self.reference, metrics=e.metrics, ms_ssim_pairs=e.ms_ssim_pairs,
                                  total=e.num_samples, seed=self.config.seed)
     for batch in self.sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size):
       scorer.update(convert.to_torch_uint8_nchw(batch))
@@ -76,12 +79,12 @@ class Evaluation:
     """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
     metrics = self.evaluate(state.ema_params, state.rng)
     if jax.process_index() == 0:  # every process evaluates (the params span them all); one writes
-      write_results(workdir, step, metrics, writer)
+      write_results(workdir, step, metrics, writer, self.config.eval.metrics)
     return metrics
 
-  def summary(self, step: int, metrics: dict) -> str:  # pylint: disable=no-self-use
-    """Returns the one-line summary of an evaluation (the module's `summary`)."""
-    return summary(step, metrics)
+  def summary(self, step: int, metrics: dict) -> str:
+    """Returns the one-line summary of an evaluation of the run's metrics (the module's `summary`)."""
+    return summary(step, metrics, self.config.eval.metrics)
 
 
 def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -92,21 +95,20 @@ def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.join(root, 'default' if not weights else f'weights-{abs(hash(os.path.abspath(weights))):x}')
 
 
-def write_results(workdir: str, step: int, metrics: dict, writer=None) -> str:
-  """Writes workdir/eval/step_<N>.json (and eval/* scalars when a writer is given); returns the JSON path."""
+def write_results(workdir: str, step: int, metrics: dict, writer=None, names=metrics_lib.DEFAULT) -> str:
+  """Writes workdir/eval/step_<N>.json and, given a writer, eval/<key> scalars of metrics `names`; returns the path."""
   path = os.path.join(workdir, 'eval', f'step_{step}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
     json.dump({'step': step, **metrics}, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
   if writer is not None:
-    writer.write_scalars(step, {f'eval/{k}': metrics[k] for k in METRICS + ('num_samples',)})
-  logging.info('%s', summary(step, metrics))
+    writer.write_scalars(step, {f'eval/{k}': metrics[k] for k in metrics_lib.required_keys(names) + ('num_samples',)})
+  logging.info('%s', summary(step, metrics, names))
   return path
 
 
-def summary(step: int, metrics: dict) -> str:
-  """Returns the one-line summary of an evaluation."""
-  return (f'step {step}: FID {metrics["fid"]:.2f}  KID {metrics["kid_mean"]:.4f} ± {metrics["kid_std"]:.4f}  '
-          f'MS-SSIM {metrics["ms_ssim"]:.4f}  (n={metrics["num_samples"]}, {metrics["sampler"]} '
+def summary(step: int, metrics: dict, names=metrics_lib.DEFAULT) -> str:
+  """Returns the one-line summary of an evaluation: each metric's fragment (eval_bridge.metrics), then the settings."""
+  return (f'step {step}: {metrics_lib.summary(names, metrics)}  (n={metrics["num_samples"]}, {metrics["sampler"]} '
           f'{metrics["sampling_steps"]} steps, {metrics["variance"]})')

@@ -11,7 +11,7 @@ import re
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-EVAL_KEYS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim', 'num_samples')  # what every eval/step_<N>.json holds
+from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,14 +67,27 @@ def files_by_step(directory: str, pattern: str) -> dict[int, str]:
   return {int(m.group(1)): p for m, p in matches if m}
 
 
-def read_evals(workdir: str) -> list[dict]:
-  """Returns workdir's eval/step_<N>.json dicts by step; one missing a metric is a one-line ValueError."""
-  evals = []
+def metric_names(config: dict) -> tuple[str, ...]:
+  """Returns a run's evaluator plug-ins: config.json's eval.metrics, or the default where it has none (older runs)."""
+  return tuple(config.get('eval', {}).get('metrics') or metrics_lib.DEFAULT)
+
+
+def eval_keys(config: dict, workdir: str = '') -> tuple[str, ...]:
+  """Returns what every eval/step_<N>.json of the run holds: its metrics' keys and num_samples."""
+  try:
+    return metrics_lib.required_keys(metric_names(config)) + ('num_samples',)
+  except ValueError as e:  # a plug-in this version lacks
+    raise ValueError(f'{os.path.join(workdir, "config.json")}: eval.metrics: {e}') from None
+
+
+def read_evals(workdir: str, config: dict) -> list[dict]:
+  """Returns workdir's eval/step_<N>.json dicts by step; one missing a metric of config's is a one-line ValueError."""
+  evals, required = [], eval_keys(config, workdir)
   for step, path in sorted(files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()):
     evaluation = read_json(path)
-    missing = [key for key in EVAL_KEYS if key not in evaluation]
+    missing = [key for key in required if key not in evaluation]
     if missing:
-      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(EVAL_KEYS)}')
+      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(required)}')
     evals.append(evaluation | {'step': step})
   return evals
 
@@ -84,5 +97,5 @@ def read_run(workdir: str, name: str) -> Run:
   check_workdir(workdir)
   grids = files_by_step(os.path.join(workdir, 'samples'), r'step_(\d+)\.png')
   grid_step = max(grids, default=None)
-  return Run(name, read_json(os.path.join(workdir, 'config.json')), scalars(workdir), read_evals(workdir),
-             grid_step, grids.get(grid_step))
+  config = read_json(os.path.join(workdir, 'config.json'))
+  return Run(name, config, scalars(workdir), read_evals(workdir, config), grid_step, grids.get(grid_step))

@@ -2,8 +2,8 @@
 
   python -m ddpm_jax.report --workdirs runs/study/* --out reports/study
 
-Reads each workdir's config.json, event files (loss), eval/step_<N>.json (FID, KID, MS-SSIM)
-and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png, samples.png.
+Reads each workdir's config.json, event files (loss), eval/step_<N>.json (the metric plug-ins of eval.metrics,
+eval_bridge/metrics/) and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png, samples.png.
 """
 import argparse
 import functools
@@ -23,6 +23,7 @@ from PIL import Image
 from ddpm_jax import events
 from ddpm_jax.core import schedules
 from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
+from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 MISSING = '—'
 FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'samples.png')
@@ -53,20 +54,17 @@ def param_count(config: dict, name: str) -> int:
     raise ValueError(f'run {name}: config.json\'s model section does not fit this U-Net ({e})') from None
 
 
-def best_and_last(evals: list[dict]) -> tuple[dict | None, dict | None]:
-  """Returns the evaluation with the lowest FID and the last one (None, None without evaluations)."""
-  if not evals:
-    return None, None
-  return min(evals, key=lambda e: e['fid']), evals[-1]
+def report_metrics(runs: list[events.Run]) -> list[type[metrics_lib.Metric]]:
+  """Returns the metric plug-ins any of the runs evaluates, in registry order."""
+  return metrics_lib.select(set().union(*(events.metric_names(run.config) for run in runs)) or metrics_lib.DEFAULT)
 
 
-def eval_cells(evaluation: dict | None) -> list[str]:
-  """Returns the table cells step, n, FID, KID, MS-SSIM of one evaluation ('—' for none)."""
+def eval_cells(evaluation: dict | None, columns: list[metrics_lib.Column]) -> list[str]:
+  """Returns the table cells step, n and one per metric column of an evaluation ('—' for none, or a metric it lacks)."""
   if evaluation is None:
-    return [MISSING] * 5
-  e = evaluation
-  return [f'{e["step"]:,}', f'{e["num_samples"]:,}', f'{e["fid"]:.2f}', f'{e["kid_mean"]:.4f} ± {e["kid_std"]:.4f}',
-          f'{e["ms_ssim"]:.4f}']
+    return [MISSING] * (2 + len(columns))
+  cells = [column.cell(evaluation, MISSING) for column in columns]
+  return [f'{evaluation["step"]:,}', f'{evaluation["num_samples"]:,}', *cells]
 
 
 def trained_steps(run: events.Run) -> str:
@@ -75,17 +73,13 @@ def trained_steps(run: events.Run) -> str:
   return f'{last:,} / {run.config["training"]["num_steps"]:,}'
 
 
-def table_row(run: events.Run) -> list[str]:
+def table_row(run: events.Run, metrics: list[type[metrics_lib.Metric]]) -> list[str]:
   """Returns the table cells of one run."""
-  count = param_count(run.config, run.name)
-  best, last = best_and_last(run.evals)
-  diffusion = run.config['diffusion']
+  count, diffusion = param_count(run.config, run.name), run.config['diffusion']
+  last, best = run.evals[-1] if run.evals else None, metrics_lib.ranking(metrics).best(run.evals)
+  columns = [column for m in metrics for column in m.columns]
   return [run.name, diffusion['schedule'], diffusion['loss'], trained_steps(run), f'{count:,}',
-          f'{count * 4 / 1e6:.1f} MB', *eval_cells(last), *eval_cells(best)]
-
-
-TABLE_HEADER = ['run', 'schedule', 'loss', 'trained steps', 'params', 'fp32 size', 'last eval step', 'n', 'FID',
-                'KID', 'MS-SSIM', 'best-FID step', 'n', 'FID', 'KID', 'MS-SSIM']
+          f'{count * 4 / 1e6:.1f} MB', *eval_cells(last, columns), *eval_cells(best, columns)]
 
 
 def eval_settings(run: events.Run) -> set[str]:
@@ -94,12 +88,17 @@ def eval_settings(run: events.Run) -> set[str]:
 
 
 def table_markdown(runs: list[events.Run]) -> str:
-  """Returns table.md: one row per run, then what the columns mean."""
-  lines = ['| ' + ' | '.join(TABLE_HEADER) + ' |', '|' + '---|' * len(TABLE_HEADER)]
-  lines += ['| ' + ' | '.join(table_row(run)) + ' |' for run in runs]
-  lines += ['', 'last = the last evaluated step; best = the evaluated step with the lowest FID; n = generated '
-            'samples per evaluation; KID is mean ± std over subsets; lower MS-SSIM = more diverse samples; '
-            f'{MISSING} = not evaluated.']
+  """Returns table.md: one row per run (the last and the best evaluation of each metric), then what the columns mean."""
+  metrics = report_metrics(runs)
+  ranked, columns = metrics_lib.ranking(metrics), [column.header for m in metrics for column in m.columns]
+  header = ['run', 'schedule', 'loss', 'trained steps', 'params', 'fp32 size', 'last eval step', 'n', *columns,
+            f'best-{ranked.columns[0].header} step', 'n', *columns]
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(table_row(run, metrics)) + ' |' for run in runs]
+  best = f'{"lowest" if ranked.lower_is_better else "highest"} {ranked.columns[0].header}'
+  notes = ''.join(f'{m.note}; ' for m in metrics if m.note)
+  lines += ['', f'last = the last evaluated step; best = the evaluated step with the {best}; n = generated samples '
+            f'per evaluation; {notes}{MISSING} = not evaluated.']
   settings = sorted(set().union(*(eval_settings(run) for run in runs)))
   if settings:
     lines.append(f'Evaluation samplers: {"; ".join(settings)}.')
@@ -199,24 +198,32 @@ def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
   save(fig, path)
 
 
-METRIC_PANELS = (('fid', 'FID ↓'), ('kid_mean', 'KID ↓ (mean ± std)'),
-                 ('ms_ssim', 'MS-SSIM (lower = more diverse)'))
+def plot_panel(ax, panel: metrics_lib.Panel, run: events.Run, color, best: dict | None) -> None:
+  """Plots one run's panel.key against the step, with its ±panel.band and a star at `best` when given."""
+  evals = [e for e in run.evals if panel.key in e]
+  if not evals:
+    return
+  steps = [e['step'] for e in evals]
+  ax.plot(steps, [e[panel.key] for e in evals], marker='o', markersize=4, color=color, label=run.name)
+  if panel.band:
+    mean, std = (np.array([e[k] for e in evals]) for k in (panel.key, panel.band))
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+  if best is not None:
+    ax.plot(best['step'], best[panel.key], marker='*', markersize=14, color=color, linestyle='none')
 
 
 def plot_metrics(runs: list[events.Run], path: str) -> None:
-  """Writes FID, KID and MS-SSIM against the training step, one panel each; a star marks the best FID."""
-  fig, axes = new_figure(1, 3, figsize=(18, 4.5))
+  """Writes each metric panel (eval_bridge.metrics) against the training step; a star marks the best evaluation."""
+  metrics = report_metrics(runs)
+  ranked, panels = metrics_lib.ranking(metrics), [panel for m in metrics for panel in m.panels]
+  fig, axes = new_figure(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
   colors = run_colors(runs)
-  for run in (r for r in runs if r.evals):
-    steps = [e['step'] for e in run.evals]
-    for ax, (key, _) in zip(axes, METRIC_PANELS):
-      ax.plot(steps, [e[key] for e in run.evals], marker='o', markersize=4, color=colors[run.name], label=run.name)
-    kid, kid_std = (np.array([e[k] for e in run.evals]) for k in ('kid_mean', 'kid_std'))
-    axes[1].fill_between(steps, kid - kid_std, kid + kid_std, color=colors[run.name], alpha=0.2)
-    best, _ = best_and_last(run.evals)
-    axes[0].plot(best['step'], best['fid'], marker='*', markersize=14, color=colors[run.name], linestyle='none')
-  for ax, (_, title) in zip(axes, METRIC_PANELS):
-    ax.set(title=title, xlabel='training step', ylabel=title.split(' ')[0])
+  for run in runs:
+    best = ranked.best(run.evals)
+    for ax, panel in zip(axes[0], panels):
+      plot_panel(ax, panel, run, colors[run.name], best if panel.key == ranked.keys[0] else None)
+  for ax, panel in zip(axes[0], panels):
+    ax.set(title=panel.title, xlabel='training step', ylabel=panel.title.split(' ')[0])
     format_steps(ax)
     ax.grid(True, alpha=0.3)
     if ax.lines:

@@ -5,6 +5,7 @@ import ml_collections
 from ddpm_jax import data
 from ddpm_jax.core import diffusion, schedules
 from ddpm_jax.core.models.unet import UNetConfig
+from eval_bridge import metrics  # the registry alone: no torch, so checking a config stays fast
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> None:
@@ -36,6 +37,17 @@ def check_diffusion(config: ml_collections.ConfigDict) -> None:
     _check_sampling('eval.', d.num_timesteps, config.eval.sampler, config.eval.sampling_steps)
 
 
+def check_metrics(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for an unknown name in eval.metrics, or none (checked even with evaluation off: --mode=eval)."""
+  names = config.eval.metrics
+  try:
+    metrics.select(names)
+  except ValueError as e:
+    comma = next((name for name in names if ',' in name), None)
+    hint = f' (a tuple on the command line: --config.eval.metrics="{tuple(comma.split(","))}")' if comma else ''
+    raise ValueError(f'eval.metrics: {e}{hint}') from None
+
+
 def check_training(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a non-positive period, batch or step count, or a bad EMA decay."""
   t = config.training
@@ -58,6 +70,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with a one-line message at the first invalid setting of config."""
   check_diffusion(config)
   check_training(config)
+  check_metrics(config)
   model_config = UNetConfig(**config.model)
   try:
     model_config.validate(config.data.image_size)

@@ -1,74 +1,66 @@
-"""The evaluator interface: uint8 samples in (streamed), named scalars out.
+"""The evaluator: uint8 samples in (streamed), named scalars out, from the chosen metric plug-ins.
 
 One `Evaluator` per evaluation round: `update` it with each batch of generated
-images as they are sampled, then read `result()`. Only Inception features (2048
-floats per image) and a bounded reservoir of images for MS-SSIM are kept.
+images as they are sampled, then read `result()`. The plug-ins (eval_bridge/metrics/)
+keep only what they need: Inception features (2048 floats per image, computed
+once per batch for FID and KID together) and a bounded reservoir for MS-SSIM.
 """
-import numpy as np
+from typing import Callable
+
 import torch
 
 from eval_bridge import fidelity
-from eval_bridge import ms_ssim
+from eval_bridge import metrics as metrics_lib
 from eval_bridge import reference as reference_lib
-
-METRIC_KEYS = ('fid', 'kid_mean', 'kid_std', 'ms_ssim', 'num_samples', 'num_reference',
-               'kid_subset_size')
-
-
-def score(features: np.ndarray, reference: reference_lib.Reference, images: torch.Tensor, *,
-          ms_ssim_pairs: int = 500, kid_subsets: int = 100, seed: int = 0,
-          device='cpu') -> dict[str, float]:
-  """Returns FID, KID and MS-SSIM of generated samples against a reference, keyed by METRIC_KEYS.
-
-  Args:
-    features: Inception features of all generated samples, [n, 2048].
-    reference: the reference set (`reference.make_reference`).
-    images: generated uint8 NCHW images for MS-SSIM (all, or a random subset).
-    ms_ssim_pairs: random pairs averaged; with `reference.images`, as many
-      generated-vs-reference pairs give the extra key 'ms_ssim_vs_reference'.
-    kid_subsets, seed: KID's subsets and the seed of every random draw.
-    device: where MS-SSIM runs.
-  """
-  metrics = {'fid': fidelity.fid_from_statistics(fidelity.fid_statistics(features),
-                                                 reference.statistics)}
-  metrics.update(fidelity.kid(features, reference.features, subsets=kid_subsets, seed=seed))
-  metrics['ms_ssim'] = ms_ssim.pairwise_ms_ssim(images, ms_ssim_pairs, seed, device)
-  if reference.images is not None:
-    metrics['ms_ssim_vs_reference'] = ms_ssim.cross_ms_ssim(
-        images, reference.images, ms_ssim_pairs, seed, device)
-  metrics['num_samples'] = len(features)
-  metrics['num_reference'] = len(reference.features)
-  return metrics
 
 
 class Evaluator:
-  """Scores streamed generated samples: `update(uint8 NCHW batch)`, then `result()`.
+  """Scores streamed generated samples with the chosen metrics: `update(uint8 NCHW batch)`, then `result()`.
 
-  MS-SSIM is computed on a reservoir of the first `ms_ssim_images` samples, which
-  keeps memory bounded; samples are i.i.d., so the first ones are a random subset.
+  Args:
+    extractor: `fidelity.load_inception(...)`; may be None when no chosen metric needs it.
+    reference: the reference set, or a zero-argument callable returning it, called
+      only if a chosen metric needs it (FID, KID).
+    metrics: names of plug-ins (`eval_bridge.metrics.REGISTRY`).
+    ms_ssim_pairs, ms_ssim_images: MS-SSIM's random pairs and reservoir size.
+    kid_subsets, seed: KID's subsets and the seed of every random draw.
+    batch_size, total, progress: Inception's batch size and progress bar.
   """
 
-  def __init__(self, extractor, reference: reference_lib.Reference, *, ms_ssim_pairs: int = 500,
-               ms_ssim_images: int = 1000, kid_subsets: int = 100, seed: int = 0,
-               batch_size: int = 64, total: int | None = None, progress: bool = True):
-    self._reference = reference
-    self._features = fidelity.FeatureAccumulator(extractor, batch_size=batch_size, total=total,
-                                                 progress=progress, desc='Sample features')
-    self._device = next(extractor.parameters()).device
-    self._options = dict(ms_ssim_pairs=ms_ssim_pairs, kid_subsets=kid_subsets, seed=seed)
-    self._reservoir: list[torch.Tensor] = []
-    self._reservoir_room = ms_ssim_images
+  def __init__(self, extractor, reference: reference_lib.Reference | Callable[[], reference_lib.Reference] | None,
+               *, metrics=metrics_lib.DEFAULT, ms_ssim_pairs: int = 500, ms_ssim_images: int = 1000,
+               kid_subsets: int = 100, seed: int = 0, batch_size: int = 64, total: int | None = None,
+               progress: bool = True):
+    chosen = metrics_lib.select(metrics)
+    for needed, given, what in (('needs_inception', extractor, 'the Inception extractor'),
+                                ('needs_reference', reference, 'a reference set')):
+      names = [cls.name for cls in chosen if getattr(cls, needed)]
+      if names and given is None:
+        raise ValueError(f'metrics {", ".join(names)} need {what}, got None; pass one or choose other metrics')
+    device = next(extractor.parameters()).device if extractor is not None else fidelity.default_device()
+    self.context = metrics_lib.Context(
+        extractor=extractor, reference_source=reference, needs_reference=any(cls.needs_reference for cls in chosen),
+        seed=seed, ms_ssim_pairs=ms_ssim_pairs, ms_ssim_images=ms_ssim_images, kid_subsets=kid_subsets,
+        batch_size=batch_size, total=total, device=device, progress=progress)
+    self._metrics = [cls(self.context) for cls in chosen]
+    self._num_samples = 0
 
   def update(self, images: torch.Tensor) -> None:
-    """Returns None; adds a batch of generated images (uint8 N×C×H×W, any device)."""
-    self._features.update(images)
-    kept = images[:self._reservoir_room].cpu()
-    self._reservoir.append(kept)
-    self._reservoir_room -= len(kept)
+    """Returns None; hands a batch of generated images (uint8 N×C×H×W, any device) to every metric."""
+    fidelity.check_uint8_nchw(images)
+    self.context.batch += 1  # a new batch: shared features are computed for it once
+    for metric in self._metrics:
+      metric.update(images)
+    self._num_samples += len(images)
 
   def result(self) -> dict[str, float]:
-    """Returns the metrics of every sample seen so far (keys: METRIC_KEYS, see `score`)."""
-    if not self._reservoir:
+    """Returns every chosen metric's result, 'num_samples', and 'num_reference' when a reference was used."""
+    if not self._num_samples:
       raise ValueError('Evaluator.result() before any update(): there are no samples to score')
-    return score(self._features.features(), self._reference, torch.cat(self._reservoir),
-                 device=self._device, **self._options)
+    result = {}
+    for metric in self._metrics:
+      result.update(metric.result())
+    result['num_samples'] = self._num_samples
+    if self.context.reference_used:
+      result['num_reference'] = len(self.context.reference().features)
+    return result

@@ -1,0 +1,19 @@
+"""KID: the polynomial-kernel MMD between Inception features, generated vs reference, over random subsets."""
+from eval_bridge.metrics import _registry
+
+
+@_registry.register
+class Kid(_registry.FeatureMetric):
+  """torch-fidelity's KID of the generated samples' features against the reference features."""
+  name = 'kid'
+  keys = ('kid_mean', 'kid_std')
+  columns = (_registry.Column('KID', '{kid_mean:.4f} ± {kid_std:.4f}'),)
+  panels = (_registry.Panel('kid_mean', 'KID ↓ (mean ± std)', band='kid_std'),)
+  summary = 'KID {kid_mean:.4f} ± {kid_std:.4f}'
+  note = 'KID is mean ± std over subsets'
+
+  def result(self) -> dict[str, float]:
+    """Returns {'kid_mean', 'kid_std', 'kid_subset_size'} over context.kid_subsets subsets drawn from context.seed."""
+    from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
+    return fidelity.kid(self.context.features(), self.context.reference().features,
+                        subsets=self.context.kid_subsets, seed=self.context.seed)

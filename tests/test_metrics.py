@@ -1,0 +1,291 @@
+"""The metric plug-ins (eval_bridge/metrics/) against torch-fidelity and torchmetrics, and the registry's reach.
+
+Inception runs with random weights written by the test (no download); its 2048-d
+features are projected onto 6 fixed directions, because a 2048-d FID is an
+eigendecomposition of a 2048x2048 matrix (~10-30 s on a small CPU).
+"""
+import json
+import pkgutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch_fidelity import metric_fid, metric_kid
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+import runs
+from ddpm_jax import events, evaluation, report, validation
+from eval_bridge import evaluator, fidelity, metrics, ms_ssim, reference, testing
+
+NUM_FEATURES = 6  # fewer than the samples: full-rank covariances, so FID is well conditioned
+
+
+def uint8_images(num: int, size: int, seed: int) -> torch.Tensor:
+  """Returns uint8 NCHW images: random 4x4 colour grids upsampled bilinearly (photo-like)."""
+  grid = torch.from_numpy(np.random.default_rng(seed).uniform(0, 255, (num, 3, 4, 4)))
+  return torch.nn.functional.interpolate(grid, size=(size, size), mode='bilinear').round().clamp(0, 255).byte()
+
+
+class Projected(torch.nn.Module):
+  """torch-fidelity's Inception, its 2048-d features projected onto NUM_FEATURES orthonormal directions."""
+
+  def __init__(self, inception):
+    super().__init__()
+    self.inception = inception
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(fidelity.FEATURE_DIM, NUM_FEATURES, generator=generator))
+    self.register_buffer('basis', basis)
+
+  def forward(self, images):
+    (features,) = self.inception(images)
+    return (features @ self.basis,)
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+  return testing.write_random_inception_weights(str(tmp_path_factory.mktemp('w') / 'inception.pth'))
+
+
+@pytest.fixture(scope='module')
+def extractor(weights):
+  return Projected(fidelity.load_inception(weights)).eval()
+
+
+@pytest.fixture
+def inception_calls(extractor):
+  """Returns a list that gains one entry per forward call of the Inception network (a torch forward hook)."""
+  calls = []
+  hook = extractor.inception.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+  yield calls
+  hook.remove()
+
+
+def direct_features(extractor, images: torch.Tensor) -> torch.Tensor:
+  """Returns the extractor's float64 features of the images, in one call."""
+  with torch.inference_mode():
+    return extractor(images)[0].double()
+
+
+@pytest.fixture(scope='module')
+def reference_set(extractor):
+  """Returns (the reference set of 10 images' features, those features as a tensor)."""
+  features = direct_features(extractor, uint8_images(10, 16, seed=1))
+  return reference.make_reference(features.numpy()), features
+
+
+def evaluate(extractor, ref, images: torch.Tensor, names, batch: int = 4, **options) -> dict:
+  """Returns the Evaluator's result for the images, streamed in batches."""
+  scorer = evaluator.Evaluator(extractor, ref, metrics=names, progress=False, **options)
+  for chunk in torch.split(images, batch):
+    scorer.update(chunk)
+  return scorer.result()
+
+
+# The registry.
+
+def test_registry_holds_every_plugin_module_of_the_package():
+  assert {'fid', 'kid', 'ms_ssim'} <= set(metrics.REGISTRY) and metrics.DEFAULT == ('fid', 'kid', 'ms_ssim')
+  modules = {m.name for m in pkgutil.iter_modules(metrics.__path__) if not m.name.startswith('_')}
+  assert {cls.__module__.rsplit('.', 1)[1] for cls in metrics.REGISTRY.values()} == modules
+  assert metrics.required_keys(metrics.DEFAULT) == ('fid', 'kid_mean', 'kid_std', 'ms_ssim')
+
+
+def test_unknown_metric_is_one_line_listing_the_known():
+  with pytest.raises(ValueError) as error:
+    metrics.get('fdi')
+  assert str(error.value) == "unknown metric 'fdi'; known: fid, kid, ms_ssim"
+  with pytest.raises(ValueError, match='^unknown metric'):
+    evaluator.Evaluator(None, None, metrics=('ms_ssim', 'fdi'))
+
+
+def test_the_registry_imports_without_torch():
+  code = ('import sys\nimport eval_bridge.metrics, ddpm_jax.events, ddpm_jax.report, ddpm_jax.validation\n'
+          'print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torch_fidelity")))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == '[]'
+
+
+# Each plug-in against torch-fidelity and torchmetrics.
+
+def test_fid_and_kid_equal_torch_fidelitys_on_the_same_features(extractor, reference_set):
+  ref, ref_features = reference_set
+  images = uint8_images(9, 16, seed=2)
+  result = evaluate(extractor, ref, images, ('fid', 'kid'), kid_subsets=5, seed=3)
+  features = direct_features(extractor, images)
+  fid = metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(features),
+                                            metric_fid.fid_features_to_statistics(ref_features), verbose=False)
+  kid = metric_kid.kid_features_to_metric(features, ref_features, kid_subsets=5, kid_subset_size=9, rng_seed=3,
+                                          verbose=False)
+  np.testing.assert_allclose(result['fid'], fid[metric_fid.KEY_METRIC_FID], rtol=1e-6)
+  np.testing.assert_allclose(result['kid_mean'], kid[metric_kid.KEY_METRIC_KID_MEAN], rtol=1e-6)
+  np.testing.assert_allclose(result['kid_std'], kid[metric_kid.KEY_METRIC_KID_STD], rtol=1e-6)
+  assert (result['kid_subset_size'], result['num_samples'], result['num_reference']) == (9, 9, 10)
+  assert 'ms_ssim' not in result
+
+
+def torchmetrics_ms_ssim(images: torch.Tensor, others: torch.Tensor, first, second) -> float:
+  """Returns torchmetrics' mean MS-SSIM of the pairs (images[first[k]], others[second[k]]) at 32 px."""
+  settings = ms_ssim.settings_for(32)
+  return multiscale_structural_similarity_index_measure(
+      images[first].float(), others[second].float(), kernel_size=settings.kernel_size, sigma=settings.sigma,
+      betas=settings.betas, data_range=255.0).item()
+
+
+def test_ms_ssim_equals_torchmetrics_on_the_reservoir_and_against_reference_images():
+  images, ref_images = uint8_images(10, 32, seed=4), uint8_images(5, 32, seed=5)
+  ref = reference.make_reference(np.random.default_rng(0).normal(size=(5, NUM_FEATURES)), images=ref_images)
+  result = evaluate(None, ref, images, ('ms_ssim',), batch=4, ms_ssim_pairs=40, ms_ssim_images=6, seed=7)
+  first, second = ms_ssim.random_pairs(6, 40, seed=7)  # the reservoir: the first 6 samples
+  np.testing.assert_allclose(result['ms_ssim'], torchmetrics_ms_ssim(images, images, first, second), rtol=1e-6)
+  rng = np.random.default_rng(7)
+  first, second = rng.integers(0, 6, 40), rng.integers(0, 5, 40)
+  np.testing.assert_allclose(result['ms_ssim_vs_reference'], torchmetrics_ms_ssim(images, ref_images, first, second),
+                             rtol=1e-6)
+  assert (result['num_samples'], result['num_reference']) == (10, 5)
+
+
+# What the plug-ins share, and what they leave alone.
+
+def test_fid_and_kid_run_inception_once_per_batch(extractor, reference_set, inception_calls):
+  images = uint8_images(6, 16, seed=6)
+  scorer = evaluator.Evaluator(extractor, reference_set[0], metrics=('fid', 'kid'), progress=False)
+  for chunk in torch.split(images, 3):
+    scorer.update(chunk)
+  assert inception_calls == [3, 3]
+  again = images[:3]
+  scorer.update(again)
+  scorer.update(again)  # the same tensor object again is a new batch: counted, not skipped
+  assert inception_calls == [3, 3, 3, 3]
+  np.testing.assert_allclose(scorer.context.features(), direct_features(extractor, torch.cat([images, again, again])),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_ms_ssim_alone_neither_needs_inception_nor_computes_the_reference():
+  def no_reference():
+    raise AssertionError('the reference was computed')
+  result = evaluate(None, no_reference, uint8_images(4, 16, seed=8), ('ms_ssim',), ms_ssim_pairs=6)
+  assert set(result) == {'ms_ssim', 'num_samples'}
+
+
+def tiny_config(**eval_overrides):
+  """Returns tests/configs/tiny.py's config with the given eval.* values."""
+  return runs.tiny_config({f'eval.{key}': value for key, value in eval_overrides.items()})
+
+
+def test_evaluation_with_ms_ssim_alone_loads_no_inception():
+  from ddpm_jax import components as components_lib  # pylint: disable=g-import-not-at-top  # only this test builds
+  config = tiny_config(every_steps=4, metrics=('ms_ssim',), inception_weights='/nowhere/weights.pth', num_samples=4,
+                       batch_size=4, sampling_steps=3, ms_ssim_pairs=6)
+  evaluation.check_setup(config)  # the weights don't exist, and needn't
+  components = components_lib.build(config)
+  run = evaluation.Evaluation(config, components)  # loading Inception from /nowhere would fail
+  state = components_lib.initial_state(config, components)
+  result = run.evaluate(state.ema_params, state.rng)  # the reference needs Inception: it was not computed
+  assert run.extractor is None and set(metrics.required_keys(('ms_ssim',))) <= set(result)
+  assert run.summary(4, result) == f'step 4: MS-SSIM {result["ms_ssim"]:.4f}  (n=4, ddim 3 steps, beta_tilde)'
+  with pytest.raises(ValueError, match="eval.inception_weights='/nowhere/weights.pth' does not exist"):
+    evaluation.check_setup(tiny_config(every_steps=4, metrics=('kid',), inception_weights='/nowhere/weights.pth'))
+
+
+# The rest of the project reads the registry.
+
+def test_summary_line_of_the_default_metrics():
+  result = {'fid': 12.3449, 'kid_mean': 0.01234, 'kid_std': 0.001, 'ms_ssim': 0.12341, 'num_samples': 8,
+            'sampler': 'ddim', 'sampling_steps': 5, 'variance': 'beta_tilde'}
+  assert evaluation.summary(4, result) == \
+      'step 4: FID 12.34  KID 0.0123 ± 0.0010  MS-SSIM 0.1234  (n=8, ddim 5 steps, beta_tilde)'
+
+
+@pytest.mark.parametrize('names, message', [
+    (('fdi',), "eval.metrics: unknown metric 'fdi'; known: fid, kid, ms_ssim"),
+    ((), 'eval.metrics: no metric chosen; known: fid, kid, ms_ssim'),
+    (('fid,kid',), "eval.metrics: unknown metric 'fid,kid'; known: fid, kid, ms_ssim (a tuple on the command line: "
+                   "--config.eval.metrics=\"('fid', 'kid')\")"),
+])
+def test_config_with_a_bad_metric_choice_is_a_one_line_error(names, message):
+  with pytest.raises(ValueError) as error:
+    validation.validate_config(tiny_config(every_steps=4, metrics=names))
+  assert str(error.value) == message
+
+
+def test_config_with_known_metrics_validates():
+  validation.validate_config(tiny_config(every_steps=4, metrics=('ms_ssim', 'kid')))
+
+
+class Brightness(metrics.Metric):
+  """A throwaway plug-in: the mean pixel value of the samples."""
+  name = 'brightness'
+  keys = ('brightness',)
+  columns = (metrics.Column('Bright', '{brightness:.1f}'),)
+  panels = (metrics.Panel('brightness', 'Brightness ↑'),)
+  summary = 'bright {brightness:.1f}'
+  lower_is_better = False
+
+  def __init__(self, context):
+    super().__init__(context)
+    self.batches = []
+
+  def update(self, images):
+    self.batches.append(images.double())
+
+  def result(self):
+    return {'brightness': float(torch.cat(self.batches).mean())}
+
+
+@pytest.fixture
+def brightness():
+  """Returns the registered Brightness plug-in; unregisters it afterwards."""
+  yield metrics.register(Brightness)
+  del metrics.REGISTRY[Brightness.name]
+
+
+def run_of(name: str, names, evals) -> events.Run:
+  """Returns a Run of the tiny config that evaluated `names` at `evals`."""
+  config = json.loads(tiny_config(metrics=names).to_json_best_effort())
+  return events.Run(name, config, {'loss': {1: 1.0, 2: 0.5}}, evals, None, None)
+
+
+def test_a_registered_metric_reaches_evaluator_summary_events_and_report(brightness, tmp_path):
+  images = uint8_images(6, 16, seed=9)
+  result = evaluate(None, None, images, ('brightness', 'ms_ssim'), ms_ssim_pairs=6)
+  assert result['brightness'] == pytest.approx(images.numpy().mean())
+  settings = {'sampler': 'ddim', 'sampling_steps': 5, 'variance': 'beta_tilde'}
+  assert evaluation.summary(2, {**result, **settings}, ('brightness', 'ms_ssim')) == (
+      f'step 2: MS-SSIM {result["ms_ssim"]:.4f}  bright {result["brightness"]:.1f}  (n=6, ddim 5 steps, beta_tilde)')
+
+  (tmp_path / 'eval').mkdir()
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
+  with pytest.raises(ValueError, match=r'step_2.json lacks brightness; an evaluation holds ms_ssim, brightness, '
+                                       r'num_samples$'):
+    events.read_evals(str(tmp_path), {'eval': {'metrics': ['brightness', 'ms_ssim']}})
+
+  bright = run_of('bright', ('brightness',), [{'step': s, 'brightness': b, 'num_samples': 6} for s, b in
+                                               ((2, 90.0), (4, 120.0), (6, 100.0))])
+  table = report.table_markdown([bright, run_of('default', metrics.DEFAULT, [])])
+  header, _, bright_row, default_row = (line.strip('|').split(' | ') for line in table.splitlines()[:4])
+  assert [h.strip() for h in header[6:]] == ['last eval step', 'n', 'FID', 'KID', 'MS-SSIM', 'Bright',
+                                             'best-FID step', 'n', 'FID', 'KID', 'MS-SSIM', 'Bright']
+  assert [c.strip() for c in bright_row[6:12]] == ['6', '6', '—', '—', '—', '100.0']
+  assert [c.strip() for c in bright_row[12:]] == ['—'] * 6  # ranked by FID, which this run lacks
+  assert all(c.strip() == '—' for c in default_row[6:])
+  solo = report.table_markdown([bright])
+  assert 'best-Bright step' in solo and '| 4 | 6 | 120.0 |' in solo and 'highest Bright' in solo  # higher is better
+
+  report.plot_metrics([bright, run_of('default', metrics.DEFAULT, [])], str(tmp_path / 'metrics.png'))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(tmp_path / 'metrics.png') as image:
+    assert image.size[0] == 4 * 600  # four panels: FID, KID, MS-SSIM and Brightness
+
+
+def test_events_require_the_keys_of_the_runs_metrics(tmp_path):
+  (tmp_path / 'eval').mkdir()
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
+  assert events.read_evals(str(tmp_path), {'eval': {'metrics': ['ms_ssim']}})[0]['step'] == 2
+  with pytest.raises(ValueError, match='lacks fid, kid_mean, kid_std; an evaluation holds fid, kid_mean, kid_std, '
+                                       'ms_ssim, num_samples'):
+    events.read_evals(str(tmp_path), {'eval': {}})  # a config.json older than eval.metrics: the default three
+  with pytest.raises(ValueError, match=r"config.json: eval.metrics: unknown metric 'gone'"):
+    events.read_evals(str(tmp_path), {'eval': {'metrics': ['gone']}})
