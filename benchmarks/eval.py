@@ -4,7 +4,7 @@ Times, for --num_images images at --image_size:
   1. sampling: --sample_fn if given, else random uniform images (no model, not timed);
   2. conversion: JAX [-1, 1] NHWC → torch uint8 NCHW (`eval_bridge.convert`);
   3. Inception features (`fidelity.FeatureAccumulator`), in batches of --batch_size;
-  4. metrics: FID, KID and MS-SSIM (the parts of `evaluator.score`) against a
+  4. metrics: FID, KID and MS-SSIM (what the fid, kid and ms_ssim plug-ins of `eval_bridge.metrics` compute) against a
      reference of --num_reference synthetic features (time depends only on shapes);
 plus the once-per-run costs: loading Inception and fitting the reference Gaussian.
 Conversion and features are timed after one warm-up batch (jit compilation,
@@ -92,7 +92,7 @@ def extract(extractor, batches: list[torch.Tensor]) -> np.ndarray:
 
 def time_metrics(features: np.ndarray, ref: reference.Reference, images: torch.Tensor,
                  device) -> list[tuple[str, float]]:
-  """Returns (metric, seconds) rows for the three parts of `evaluator.score`, and prints them."""
+  """Returns (metric, seconds) rows for the three metric plug-ins' computations, and prints them."""
   fid, fid_seconds = timed(lambda: fidelity.fid_from_statistics(fidelity.fid_statistics(features),
                                                                 ref.statistics))
   kid, kid_seconds = timed(lambda: fidelity.kid(features, ref.features, subsets=_KID_SUBSETS.value))

@@ -50,6 +50,7 @@ import numpy as np
 from benchmarks import torch_reference
 from ddpm_jax.core import schedules
 from ddpm_jax.core import sampler as sampler_lib
+from ddpm_jax.core import train_step
 from ddpm_jax.core.models import unet
 
 _MODELS = flags.DEFINE_list('models', ['cifar10'],

@@ -72,6 +72,11 @@ def metric_names(config: dict) -> tuple[str, ...]:
   return tuple(config.get('eval', {}).get('metrics') or metrics_lib.DEFAULT)
 
 
+def run_metrics(runs: list['Run']) -> list[type[metrics_lib.Metric]]:
+  """Returns the metric plug-ins any of the runs evaluates, in registry order."""
+  return metrics_lib.select(set().union(*(metric_names(run.config) for run in runs)) or metrics_lib.DEFAULT)
+
+
 def eval_keys(config: dict, workdir: str = '') -> tuple[str, ...]:
   """Returns what every eval/step_<N>.json of the run holds: its metrics' keys and num_samples."""
   try:

@@ -16,7 +16,7 @@ from torch_fidelity import metric_fid, metric_kid
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 import runs
-from ddpm_jax import events, evaluation, report, validation
+from ddpm_jax import events, evaluation, figures, report, validation
 from eval_bridge import evaluator, fidelity, metrics, ms_ssim, reference, testing
 
 NUM_FEATURES = 6  # fewer than the samples: full-rank covariances, so FID is well conditioned
@@ -274,7 +274,7 @@ def test_a_registered_metric_reaches_evaluator_summary_events_and_report(brightn
   solo = report.table_markdown([bright])
   assert 'best-Bright step' in solo and '| 4 | 6 | 120.0 |' in solo and 'highest Bright' in solo  # higher is better
 
-  report.plot_metrics([bright, run_of('default', metrics.DEFAULT, [])], str(tmp_path / 'metrics.png'))
+  figures.plot_metrics([bright, run_of('default', metrics.DEFAULT, [])], str(tmp_path / 'metrics.png'))
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(tmp_path / 'metrics.png') as image:
     assert image.size[0] == 4 * 600  # four panels: FID, KID, MS-SSIM and Brightness

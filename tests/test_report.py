@@ -1,6 +1,5 @@
-"""End to end: two tiny runs trained by the CLI → `python -m ddpm_jax.report` → table.md and four figures."""
+"""End to end: two tiny runs → the report → table.md and four figures; and the report CLI's one-line errors."""
 import functools
-import importlib.util
 import os
 import subprocess
 import sys
@@ -11,32 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clitools import ROOT, TINY, start
-from ddpm_jax import evaluation, report
+from clitools import ROOT
+from runs import copy_run, run, tiny_config
+from ddpm_jax import evaluation, figures, report
 from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 # Two runs that differ in schedule, loss and model size, so a row that mixed them up would show.
 RUNS = {
-    'linear_mse_tiny': {'diffusion.schedule': 'linear', 'diffusion.loss': 'mse'},
-    'cosine_mae_tiny': {'diffusion.schedule': 'cosine', 'diffusion.loss': 'mae', 'model.base_channels': 12},
+    'cosine_mse_tiny': {'diffusion.schedule': 'cosine', 'diffusion.loss': 'mse'},  # the tiny config's: the shared run
+    'linear_mae_tiny': {'diffusion.schedule': 'linear', 'diffusion.loss': 'mae', 'model.base_channels': 12},
 }
 # Hand-written evaluations of the first run (Inception is too slow for this test): the best FID is not the last.
 EVALS = {
     2: {'fid': 41.23456, 'kid_mean': 0.03127, 'kid_std': 0.00412, 'ms_ssim': 0.23456, 'num_samples': 24},
     4: {'fid': 55.55555, 'kid_mean': 0.04444, 'kid_std': 0.00333, 'ms_ssim': 0.31234, 'num_samples': 32},
 }
-
-
-def tiny_config(overrides: dict):
-  """Returns tests/configs/tiny.py's config with {'a.b': value} overrides applied."""
-  spec = importlib.util.spec_from_file_location('tiny_config', TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
 
 
 def expected_params(overrides: dict) -> int:
@@ -48,23 +36,17 @@ def expected_params(overrides: dict) -> int:
   return count_params(shapes['params'])
 
 
-def start_training(env, workdir: str, overrides: dict) -> subprocess.Popen:
-  """Returns the started `python -m ddpm_jax.main` process training the tiny config into workdir."""
-  return start(env, f'--workdir={workdir}', *[f'--config.{key}={value}' for key, value in overrides.items()])
-
-
 @pytest.fixture(scope='module')
-def workdirs(env, tmp_path_factory):
-  """Returns the workdirs of the two runs, trained 4 steps side by side, the first with evaluations."""
+def workdirs(trained, tmp_path_factory):
+  """Returns the workdirs of the two runs, trained 4 steps (the first is the session's shared run) and the first
+  with evaluations."""
   root = tmp_path_factory.mktemp('runs')
   paths = {name: str(root / name) for name in RUNS}
-  processes = {name: start_training(env, paths[name], overrides) for name, overrides in RUNS.items()}
-  for process in processes.values():
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-  settings = evaluation.settings(tiny_config(RUNS['linear_mse_tiny']))
+  copy_run(trained, paths['cosine_mse_tiny'])
+  run(paths['linear_mae_tiny'], RUNS['linear_mae_tiny'])
+  settings = evaluation.settings(tiny_config(RUNS['cosine_mse_tiny']))
   for step, metrics in EVALS.items():
-    evaluation.write_results(paths['linear_mse_tiny'], step, {**settings, **metrics})
+    evaluation.write_results(paths['cosine_mse_tiny'], step, {**settings, **metrics})
   return paths
 
 
@@ -75,11 +57,10 @@ def run_report(env, workdirs, out):
 
 
 @pytest.fixture(scope='module')
-def out(env, workdirs, tmp_path_factory):
-  """Returns the report directory of the two runs."""
+def out(workdirs, tmp_path_factory):
+  """Returns the report directory of the two runs (written as `python -m ddpm_jax.report` writes it)."""
   directory = tmp_path_factory.mktemp('report') / 'study'
-  result = run_report(env, list(workdirs.values()), directory)
-  assert result.returncode == 0, result.stderr[-3000:]
+  report.main(['--workdirs', *workdirs.values(), '--out', str(directory)])
   return directory
 
 
@@ -103,7 +84,7 @@ def test_table_has_each_runs_size_and_training(out):
     assert rows[name]['schedule'] == overrides['diffusion.schedule']
     assert rows[name]['loss'] == overrides['diffusion.loss']
     assert rows[name]['trained steps'] == '4 / 4'
-  assert rows['linear_mse_tiny']['params'] != rows['cosine_mae_tiny']['params']
+  assert rows['cosine_mse_tiny']['params'] != rows['linear_mae_tiny']['params']
 
 
 def assert_eval_cells(row: dict, suffix: str, step: int) -> None:
@@ -119,13 +100,13 @@ def assert_eval_cells(row: dict, suffix: str, step: int) -> None:
 
 
 def test_table_shows_the_last_and_the_best_evaluation(out):
-  row = table_rows(out / 'table.md')['linear_mse_tiny']
+  row = table_rows(out / 'table.md')['cosine_mse_tiny']
   assert_eval_cells(row, '', step=4)
   assert_eval_cells(row, ' (best)', step=2)
 
 
 def test_a_run_without_evaluations_shows_dashes(out):
-  row = table_rows(out / 'table.md')['cosine_mae_tiny']
+  row = table_rows(out / 'table.md')['linear_mae_tiny']
   eval_columns = [column for column in row if column.split(' ')[0] in ('step', 'n', 'FID', 'KID', 'MS-SSIM')]
   assert len(eval_columns) == 10 and all(row[column] == report.MISSING for column in eval_columns)
 
@@ -151,7 +132,7 @@ def test_loss_figure_has_a_panel_per_loss_function(out):
 
 def test_missing_workdir_is_one_line_and_exit_2(env, workdirs, tmp_path):
   missing = str(tmp_path / 'no_such_run')
-  result = run_report(env, [workdirs['linear_mse_tiny'], missing], tmp_path / 'out')
+  result = run_report(env, [workdirs['cosine_mse_tiny'], missing], tmp_path / 'out')
   assert result.returncode == 2
   assert result.stderr.strip() == f"ddpm_jax.report: error: workdir '{missing}' does not exist"
   assert not os.path.exists(tmp_path / 'out')
@@ -168,7 +149,7 @@ def test_workdir_without_config_json_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_smoothing_is_tensorboards_debiased_ema():
-  np.testing.assert_allclose(report.smooth([3.0, 3.0, 3.0], 0.9), [3.0, 3.0, 3.0])  # debiased: no pull towards 0
+  np.testing.assert_allclose(figures.smooth([3.0, 3.0, 3.0], 0.9), [3.0, 3.0, 3.0])  # debiased: no pull towards 0
   # Closed form of the debiased EMA of [1, 0]: (0.9 * 0.1 * 1) / (1 - 0.81).
-  np.testing.assert_allclose(report.smooth([1.0, 0.0], 0.9), [1.0, 0.09 / 0.19])
-  np.testing.assert_allclose(report.smooth([1.0, 5.0, 2.0], 0.0), [1.0, 5.0, 2.0])
+  np.testing.assert_allclose(figures.smooth([1.0, 0.0], 0.9), [1.0, 0.09 / 0.19])
+  np.testing.assert_allclose(figures.smooth([1.0, 5.0, 2.0], 0.0), [1.0, 5.0, 2.0])

@@ -1,0 +1,205 @@
+"""The report's figures, each comparing the runs: loss curves, metrics, schedules, last sample grids."""
+import math
+
+import matplotlib
+import numpy as np
+from matplotlib import ticker
+from matplotlib.figure import Figure
+from PIL import Image
+
+from ddpm_jax import events
+from ddpm_jax.core import schedules
+from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
+
+
+def smooth(values, weight: float) -> np.ndarray:
+  """Returns TensorBoard's debiased exponential moving average of values (weight 0 = no smoothing)."""
+  averaged, last = [], 0.0
+  for i, value in enumerate(values):
+    last = last * weight + (1 - weight) * value
+    averaged.append(last / (1 - weight**(i + 1)))
+  return np.asarray(averaged)
+
+
+def smoothing_weight(steps: np.ndarray, window: float) -> float:
+  """Returns the per-point EMA weight that averages over about `window` steps at the run's log spacing."""
+  if len(steps) < 2 or window <= 0:
+    return 0.0
+  spacing = float(np.median(np.diff(steps)))
+  return float(np.clip(1.0 - spacing / window, 0.0, 0.999))
+
+
+def loss_curves(runs: list[events.Run], window: float) -> dict[str, tuple]:
+  """Returns {run name: (steps, losses, smoothed losses)} of the runs that logged a finite loss."""
+  curves = {}
+  for run in runs:
+    points = sorted((s, v) for s, v in run.scalars.get('loss', {}).items() if np.isfinite(v))
+    if points:
+      steps, values = (np.asarray(a) for a in zip(*points))
+      curves[run.name] = steps, values, smooth(values, smoothing_weight(steps, window))
+  return curves
+
+
+def loss_y_axis(ax, curves: list[tuple], skip: float = 0.1) -> None:
+  """Fits the y axis to the smoothed curves past each run's first `skip` of steps; log if they span over 3x.
+
+  The first steep drop would otherwise flatten everything after it; no run's tail leaves the axis.
+  """
+  tails = np.concatenate([smoothed[steps >= skip * steps.max()] for steps, _, smoothed in curves])
+  if not tails.size or tails.min() <= 0:
+    return
+  low, high = tails.min() / 1.1, tails.max() * 1.25
+  if high / low > 3:
+    ax.set_yscale('log')
+    ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # a few labels even within a decade
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v:.3g}'))  # 0.03, not 3×10⁻²
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_ylim(low, high)
+
+
+def run_colors(runs: list[events.Run]) -> dict[str, tuple]:
+  """Returns one colour per run name, the same in every figure."""
+  cmap = matplotlib.colormaps['tab10' if len(runs) <= 10 else 'tab20']
+  return {run.name: cmap(i % cmap.N) for i, run in enumerate(runs)}
+
+
+def format_steps(ax) -> None:
+  """Puts whole steps on the x axis, labelled 0, 50k, 100k … instead of in scientific notation."""
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins='auto', steps=[1, 2, 2.5, 5, 10], integer=True))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f'{v / 1000:g}k' if abs(v) >= 1000 else f'{v:g}'))
+
+
+def empty_panel(ax, message: str) -> None:
+  """Writes message in the middle of an empty panel."""
+  ax.text(0.5, 0.5, message, ha='center', va='center', transform=ax.transAxes, color='gray')
+
+
+def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
+  """Writes the loss curves, one panel per loss function (MSE and MAE aren't on one scale).
+
+  smoothing: the EMA window as a fraction of the longest run, the same number of steps for every run.
+  """
+  kinds = sorted({run.config['diffusion']['loss'] for run in runs})
+  fig, axes = new_figure(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
+  colors = run_colors(runs)
+  longest = max([max(run.scalars.get('loss', {0: 0})) for run in runs])
+  curves = loss_curves(runs, smoothing * longest)
+  any_smoothing = any(smoothing_weight(steps, smoothing * longest) > 0 for steps, _, _ in curves.values())
+  note = f'EMA over ~{smoothing * longest:,.0f} steps, raw faint' if any_smoothing else 'unsmoothed'
+  for ax, kind in zip(axes[0], kinds):
+    names = [run.name for run in runs if run.config['diffusion']['loss'] == kind and run.name in curves]
+    for name in names:
+      steps, values, smoothed = curves[name]
+      ax.plot(steps, values, color=colors[name], alpha=0.25, linewidth=0.8)
+      ax.plot(steps, smoothed, color=colors[name], linewidth=1.8, label=name)
+    if names:
+      loss_y_axis(ax, [curves[name] for name in names])
+      ax.legend()
+    else:
+      empty_panel(ax, 'no loss logged')
+    ax.set(title=f'ε-{kind.upper()} training loss ({note})', xlabel='training step', ylabel=f'{kind} loss')
+    format_steps(ax)
+    ax.grid(True, which='both', alpha=0.3)
+  save(fig, path)
+
+
+def plot_panel(ax, panel: metrics_lib.Panel, run: events.Run, color, best: dict | None) -> None:
+  """Plots one run's panel.key against the step, with its ±panel.band and a star at `best` when given."""
+  evals = [e for e in run.evals if panel.key in e]
+  if not evals:
+    return
+  steps = [e['step'] for e in evals]
+  ax.plot(steps, [e[panel.key] for e in evals], marker='o', markersize=4, color=color, label=run.name)
+  if panel.band:
+    mean, std = (np.array([e[k] for e in evals]) for k in (panel.key, panel.band))
+    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+  if best is not None:
+    ax.plot(best['step'], best[panel.key], marker='*', markersize=14, color=color, linestyle='none')
+
+
+def plot_metrics(runs: list[events.Run], path: str) -> None:
+  """Writes each metric panel (eval_bridge.metrics) against the training step; a star marks the best evaluation."""
+  metrics = events.run_metrics(runs)
+  ranked, panels = metrics_lib.ranking(metrics), [panel for m in metrics for panel in m.panels]
+  fig, axes = new_figure(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+  colors = run_colors(runs)
+  for run in runs:
+    best = ranked.best(run.evals)
+    for ax, panel in zip(axes[0], panels):
+      plot_panel(ax, panel, run, colors[run.name], best if panel.key == ranked.keys[0] else None)
+  for ax, panel in zip(axes[0], panels):
+    ax.set(title=panel.title, xlabel='training step', ylabel=panel.title.split(' ')[0])
+    format_steps(ax)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+      ax.legend()
+    else:
+      empty_panel(ax, 'no evaluations')
+  save(fig, path)
+
+
+def schedule_groups(runs: list[events.Run]) -> dict[tuple[str, int], list[str]]:
+  """Returns {(schedule, T): run names}, so runs sharing a schedule share a curve."""
+  groups = {}
+  for run in runs:
+    d = run.config['diffusion']
+    groups.setdefault((d['schedule'], d['num_timesteps']), []).append(run.name)
+  return groups
+
+
+def plot_schedules(runs: list[events.Run], path: str) -> None:
+  """Writes β_t (log scale) and ᾱ_t of each run's schedule; runs with the same schedule share a curve."""
+  groups = schedule_groups(runs)
+  same_length = len({length for _, length in groups}) == 1
+  fig, (beta_ax, alpha_ax) = new_figure(1, 2, figsize=(14, 4.5))
+  colors = run_colors(runs)
+  for (name, length), members in groups.items():
+    schedule = schedules.make_schedule(name, length)
+    t = np.arange(1, length + 1) if same_length else np.arange(1, length + 1) / length
+    label = f'{name}, T={length}: {", ".join(members)}'
+    beta_ax.plot(t, np.asarray(schedule.betas), color=colors[members[0]], label=label)
+    alpha_ax.plot(t, np.asarray(schedule.alphas_cumprod), color=colors[members[0]], label=label)
+  xlabel = 'timestep t' if same_length else 't / T'
+  beta_ax.set(title='β_t (noise added at step t)', xlabel=xlabel, ylabel='β_t', yscale='log')
+  alpha_ax.set(title='ᾱ_t (signal left after t steps)', xlabel=xlabel, ylabel='ᾱ_t', ylim=(-0.02, 1.02))
+  for ax in (beta_ax, alpha_ax):
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize='small')
+  save(fig, path)
+
+
+def read_rgb(path: str) -> np.ndarray:
+  """Returns the image file as a uint8 HWC RGB array."""
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def plot_samples(runs: list[events.Run], path: str) -> None:
+  """Writes each run's last sample grid side by side (at most 3 a row), titled with run and step."""
+  columns = min(len(runs), 3)
+  rows = math.ceil(len(runs) / columns)
+  grids = {run.name: read_rgb(run.grid_path) for run in runs if run.grid_path}
+  side = max([max(g.shape[:2]) for g in grids.values()], default=300) / 100  # about 1 pixel per grid pixel
+  side = min(max(side, 3.0), 6.0)
+  fig, axes = new_figure(rows, columns, figsize=(side * columns, (side + 0.6) * rows), squeeze=False)
+  for ax in axes.flat:
+    ax.axis('off')
+  for ax, run in zip(axes.flat, runs):
+    if run.name in grids:
+      ax.imshow(grids[run.name], interpolation='nearest')
+      ax.set_title(f'{run.name}\nstep {run.grid_step:,}')
+    else:
+      ax.set_title(run.name)
+      empty_panel(ax, 'no sample grid')
+  save(fig, path)
+
+
+def new_figure(rows: int, columns: int, figsize: tuple, squeeze: bool = True):
+  """Returns a Figure and its axes; a bare Figure renders with Agg and leaves pyplot's global state alone."""
+  fig = Figure(figsize=figsize, layout='tight')
+  return fig, fig.subplots(rows, columns, squeeze=squeeze)
+
+
+def save(fig, path: str) -> None:
+  """Writes the figure as a PNG."""
+  fig.savefig(path, dpi=100)
