@@ -93,7 +93,7 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_exact(env, reference, tm
 
 
 def test_a_truncated_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(reference, tmp_path, caplog, capsys):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   workdir = copy_run(reference[0], tmp_path / 'damaged')
   state_files = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(workdir, 'checkpoints', str(STEPS)))
                  for f in files if os.sep + 'd' + os.sep in os.path.join(d, f)]
@@ -126,7 +126,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(env, tmp_path
 
 
 def test_resuming_with_another_model_or_schedule_is_refused_unless_allowed(reference, tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   workdir = copy_run(reference[0], tmp_path / 'changed')
   before = open(os.path.join(workdir, 'config.json')).read()
   changed = {'training.num_steps': 15, 'diffusion.schedule': 'sigmoid'}

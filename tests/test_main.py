@@ -30,7 +30,7 @@ def test_train_writes_config_events_checkpoints_and_grids(trained):
 
 
 def test_second_run_resumes_and_trains_only_the_remaining_steps(trained, tmp_path, caplog, capsys):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   resumed = copy_run(trained, tmp_path / 'resumed')
   run(resumed, {'training.num_steps': 6})
   assert 'Restored checkpoint 4' in caplog.text and 'Training from step 4 to 6' in caplog.text
@@ -108,6 +108,6 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(env, tmp_path, caplog):
   assert process.returncode == 0, stderr[-3000:]
   saved = max(checkpoint_steps(workdir))
   assert 2 < saved < 100000 and f'SIGTERM: saved checkpoint {saved}' in stdout
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   run(workdir, {'training.num_steps': saved + 2, 'training.sample_every_steps': 100000})
   assert f'Training from step {saved} to {saved + 2}' in caplog.text

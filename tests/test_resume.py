@@ -58,7 +58,7 @@ def save_as_an_older_version(workdir: str, step: int) -> None:
 
 def test_a_checkpoint_of_an_older_version_with_an_iterator_position_restores_and_resumes_exactly(
     trained, tmp_path, caplog):
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger='absl')
   workdir = copy_run(trained, tmp_path / 'older')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
   save_as_an_older_version(workdir, 2)
