@@ -98,7 +98,7 @@ def images_per_second(iterator, batch_size: int, seconds: float) -> float:
 
 def loader_over(source, batch_size: int, **read_options) -> grain.DatasetIterator:
   """Returns the training loader's iterator (shuffle, flip, batch, to float) over `source`."""
-  dataset = loader.train_dataset(source, batch_size=batch_size, seed=0, flip=True)
+  dataset = loader.train_dataset(source, global_batch_size=batch_size, seed=0, flip=True)
   return loader.to_iterator(dataset, num_workers=0, **read_options)
 
 

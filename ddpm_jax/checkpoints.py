@@ -6,8 +6,9 @@ older versions also hold a grain iterator position ('data_iterator'); it is not 
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete,
 so a save killed midway leaves no checkpoint under its step; the digest catches what
-that cannot: a file truncated, emptied or altered after the save. Restoring without a step takes the newest intact checkpoint and
-moves the damaged newer ones aside to checkpoints_corrupt/, never deleting them.
+that cannot: a file truncated, emptied or altered after the save. Restoring without a
+step takes the newest intact checkpoint and moves the damaged newer ones aside to
+checkpoints_corrupt/, never deleting them.
 """
 import hashlib
 import os

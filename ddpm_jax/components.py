@@ -35,8 +35,8 @@ def build(config: ml_collections.ConfigDict) -> Components:
   else:
     step_fn = train_step.make_train_step(model.apply, schedule, optimizer, **objective)
   grid_sampler = make_sampler(config, model, schedule, mesh, config.sampling)
-  return Components(model, mesh, schedule, optimizer, train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps),
-                    step_fn, grid_sampler)
+  learning_rate = train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps)
+  return Components(model, mesh, schedule, optimizer, learning_rate, step_fn, grid_sampler)
 
 
 def make_sampler(config: ml_collections.ConfigDict, model: UNet, schedule, mesh, section) -> sampler.Sampler:

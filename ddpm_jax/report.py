@@ -48,7 +48,7 @@ def param_count(config: dict, name: str) -> int:
 
 
 def eval_cells(evaluation: dict | None, columns: list[metrics_lib.Column]) -> list[str]:
-  """Returns the table cells step, n and one per metric column of an evaluation ('—' for none, or a metric it lacks)."""
+  """Returns the table cells step, n and one per metric column of an evaluation ('—': none, or a metric it lacks)."""
   if evaluation is None:
     return [MISSING] * (2 + len(columns))
   cells = [column.cell(evaluation, MISSING) for column in columns]

@@ -3,7 +3,7 @@ import jax
 import ml_collections
 
 from ddpm_jax import data
-from ddpm_jax.core import diffusion, schedules
+from ddpm_jax.core import diffusion, schedules, sharding
 from ddpm_jax.core.models.unet import UNetConfig
 from eval_bridge import metrics  # the registry alone: no torch, so checking a config stays fast
 
@@ -62,8 +62,7 @@ def check_training(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'training.ema_decay={t.ema_decay!r} must lie in [0, 1)')
   if not t.learning_rate > 0:
     raise ValueError(f'training.learning_rate={t.learning_rate!r} must be > 0')
-  if t.batch_size % jax.device_count():
-    raise ValueError(f'training.batch_size={t.batch_size} must be divisible by the {jax.device_count()} devices')
+  sharding.check_batch_size(t.batch_size, jax.device_count(), jax.process_count())
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:

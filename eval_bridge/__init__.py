@@ -1,4 +1,4 @@
-"""eval_bridge: generated JAX images → torch uint8 → metric plug-ins (FID/KID: torch-fidelity, MS-SSIM: torchmetrics).
+"""eval_bridge: generated JAX images → torch uint8 → metric plug-ins (FID/KID torch-fidelity, MS-SSIM torchmetrics).
 
 Uses torch; the pure core never imports this package. Modules:
   convert    the uint8 quantisation shared with saved PNGs; JAX → torch (DLPack on GPU)

@@ -60,9 +60,9 @@ def take(iterator, num_batches):
   return [next(iterator) for _ in range(num_batches)]
 
 
-def index_iterator(length, batch_size=4, seed=0, flip=True, start_step=0, **shard):
+def index_iterator(length, global_batch_size=4, seed=0, flip=True, start_step=0, **shard):
   dataset = loader.train_dataset(
-      IndexSource(length), batch_size=batch_size, seed=seed, flip=flip, start_step=start_step, **shard)
+      IndexSource(length), global_batch_size=global_batch_size, seed=seed, flip=flip, start_step=start_step, **shard)
   return loader.to_iterator(dataset, num_workers=0)
 
 
@@ -105,7 +105,7 @@ def test_the_order_is_set_by_the_seed():
 
 def test_flips_are_random_reproducible_and_can_be_turned_off():
   def flips(seed, flip=True):
-    decoded = [decode(b) for b in take(index_iterator(64, batch_size=8, seed=seed, flip=flip), 16)]
+    decoded = [decode(b) for b in take(index_iterator(64, global_batch_size=8, seed=seed, flip=flip), 16)]
     indices, flipped = map(np.concatenate, zip(*decoded))
     return indices, flipped  # two epochs of 64 examples
 
@@ -123,7 +123,7 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
   # 40 examples, 2 processes with 4 examples a batch: 5 batches is one epoch.
   shards = [
       np.concatenate([decode(b)[0] for b in take(
-          index_iterator(40, process_index=index, process_count=2), 5)])
+          index_iterator(40, global_batch_size=8, process_index=index, process_count=2), 5)])
       for index in (0, 1)
   ]
   assert all(len(set(shard)) == 20 for shard in shards)
@@ -133,16 +133,16 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
 
 def test_the_processes_batches_together_are_the_one_process_batch_flips_included():
   for process_count in (2, 4):
-    parts = [take(index_iterator(48, batch_size=8 // process_count, seed=5, process_index=index,
+    parts = [take(index_iterator(48, global_batch_size=8, seed=5, process_index=index,
                                  process_count=process_count), 12) for index in range(process_count)]
-    for step, whole in enumerate(take(index_iterator(48, batch_size=8, seed=5), 12)):
+    for step, whole in enumerate(take(index_iterator(48, global_batch_size=8, seed=5), 12)):
       np.testing.assert_array_equal(np.concatenate([part[step]['image'] for part in parts]), whole['image'])
 
 
 def test_sources_with_a_batched_read_give_the_same_batches_and_are_read_a_batch_at_a_time():
   batched = BatchedIndexSource(40)
   iterator = loader.to_iterator(
-      loader.train_dataset(batched, batch_size=4, seed=3, flip=True), num_workers=0)
+      loader.train_dataset(batched, global_batch_size=4, seed=3, flip=True), num_workers=0)
   for want, got in zip(take(index_iterator(40, seed=3), 12), take(iterator, 12), strict=True):
     np.testing.assert_array_equal(want['image'], got['image'])
   assert batched.reads and set(batched.reads) == {4}
@@ -184,13 +184,14 @@ def test_worker_processes_give_the_same_batches_from_any_start_step():
 @pytest.mark.parametrize('process_count', [1, 2, 4])
 def test_a_loader_started_at_a_step_continues_with_the_uninterrupted_batches_on_any_process_count(process_count):
   # 24 examples in global batches of 8: 3 batches an epoch, so steps 5..10 cross two epoch boundaries.
-  uninterrupted = take(index_iterator(24, batch_size=8, seed=3), 11)[5:]
-  resumed = [index_iterator(24, batch_size=8 // process_count, seed=3, start_step=5, process_index=p,
+  uninterrupted = take(index_iterator(24, global_batch_size=8, seed=3), 11)[5:]
+  resumed = [index_iterator(24, global_batch_size=8, seed=3, start_step=5, process_index=p,
                             process_count=process_count) for p in range(process_count)]
   for want in uninterrupted:
     got = np.concatenate([next(iterator)['image'] for iterator in resumed])
     np.testing.assert_array_equal(want['image'], got)
-  assert not np.array_equal(uninterrupted[0]['image'], take(index_iterator(24, batch_size=8, seed=3), 1)[0]['image'])
+  first = take(index_iterator(24, global_batch_size=8, seed=3), 1)[0]
+  assert not np.array_equal(uninterrupted[0]['image'], first['image'])
 
 
 def test_eval_iterator_is_fixed_unaugmented_and_stops():
@@ -248,9 +249,9 @@ def test_batches_that_cannot_be_filled_are_errors():
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):
     data.make_train_loader(shapes_config(), global_batch_size=8, seed=0, process_count=3)
   with pytest.raises(ValueError, match='fewer than one batch of 8'):
-    loader.train_dataset(IndexSource(7), batch_size=8, seed=0, flip=True)
+    loader.train_dataset(IndexSource(7), global_batch_size=8, seed=0, flip=True)
   with pytest.raises(ValueError, match=r'fewer than one batch of 8 \(2 process\(es\) x 4\)'):
-    loader.train_dataset(IndexSource(7), batch_size=4, seed=0, flip=True,
+    loader.train_dataset(IndexSource(7), global_batch_size=8, seed=0, flip=True,
                          process_index=1, process_count=2)
 
 

@@ -99,7 +99,8 @@ def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '4'))
   results = finish({'resumed': start(local_env, command(f'--workdir={resumed}'),
                                      f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')})
-  assert 'Training from step 2 to 4' in results['resumed'][1] and 'Process 0 of 1, 2 of 2 devices' in results['resumed'][1]
+  resumed_log = results['resumed'][1]
+  assert 'Training from step 2 to 4' in resumed_log and 'Process 0 of 1, 2 of 2 devices' in resumed_log
   resumed_state = restore_numpy(resumed, 4)
   for name in ('params', 'ema_params'):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

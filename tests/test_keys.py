@@ -68,7 +68,8 @@ def test_host_streams_are_those_of_earlier_versions_and_differ_from_each_other()
 
   np.testing.assert_array_equal(keys.host_order_rng(5, 2).permutation(50),
                                 np.random.default_rng([old_seed(5, 0), 2]).permutation(50))
-  np.testing.assert_array_equal(keys.host_flip_rng(5, 9).random(8), np.random.default_rng([old_seed(5, 1), 9]).random(8))
+  np.testing.assert_array_equal(keys.host_flip_rng(5, 9).random(8),
+                                np.random.default_rng([old_seed(5, 1), 9]).random(8))
   np.testing.assert_array_equal(keys.holdout_rng(5).random(8), np.random.default_rng([5, 2]).random(8))
   draws = [keys.host_order_rng(5, 0).random(8), keys.host_flip_rng(5, 0).random(8), keys.holdout_rng(5).random(8)]
   assert len({d.tobytes() for d in draws}) == 3

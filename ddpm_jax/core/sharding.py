@@ -16,6 +16,27 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def process_rows(global_batch_size: int, process_index: int, process_count: int) -> slice:
+  """Returns the rows of every global batch that process `process_index` reads: its run of equal, disjoint runs.
+
+  The one place a global batch size becomes a per-process one. Raises a one-line
+  ValueError when the batch does not split evenly over the processes.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(
+        f'training.batch_size={global_batch_size} is not divisible by the '
+        f'{process_count} processes; use a multiple of {process_count}.')
+  local = global_batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def check_batch_size(global_batch_size: int, device_count: int, process_count: int) -> None:
+  """Returns None if the global batch splits evenly over the processes and the devices; else a one-line ValueError."""
+  process_rows(global_batch_size, 0, process_count)
+  if global_batch_size % device_count:
+    raise ValueError(f'training.batch_size={global_batch_size} must be divisible by the {device_count} devices')
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """Returns the sharding that keeps a full copy on every device."""
   return NamedSharding(mesh, PartitionSpec())

@@ -11,6 +11,7 @@ so `shapes` runs without TensorFlow.
 """
 import numpy as np
 
+from ddpm_jax.core import sharding
 from ddpm_jax.data import loader
 from ddpm_jax.data import shapes
 
@@ -43,7 +44,7 @@ def validate_data_config(data_config, global_batch_size: int, process_count: int
     raise ValueError(f'data.num_workers={workers!r} must be an integer >= 0 (0 = no worker processes).')
   if not isinstance(global_batch_size, int) or global_batch_size < 1:
     raise ValueError(f'training.batch_size={global_batch_size!r} must be a positive integer.')
-  loader.local_batch_size(global_batch_size, process_count)
+  sharding.process_rows(global_batch_size, 0, process_count)
 
 
 def make_source(data_config, split: str, seed: int):
@@ -68,9 +69,8 @@ def make_train_loader(data_config, *, global_batch_size: int, seed: int,
 
   Infinite, reshuffled every epoch, and this process's rows of each global batch only.
   """
-  batch_size = loader.local_batch_size(global_batch_size, process_count)
   dataset = loader.train_dataset(
-      make_source(data_config, 'train', seed), batch_size=batch_size, seed=seed,
+      make_source(data_config, 'train', seed), global_batch_size=global_batch_size, seed=seed,
       flip=data_config.random_flip, process_index=process_index,
       process_count=process_count, start_step=start_step)
   return loader.to_iterator(dataset, data_config.num_workers)

@@ -14,7 +14,7 @@ import functools
 import grain
 import numpy as np
 
-from ddpm_jax.core import keys
+from ddpm_jax.core import keys, sharding
 from ddpm_jax.data import shapes
 
 # Prefetch whole batches, not examples: a few are enough to hide the read time
@@ -29,15 +29,6 @@ _READ_THREADS = 1
 _CACHED_EPOCHS = 4
 
 
-def local_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Returns the per-process batch size; raises ValueError if the split is uneven."""
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'training.batch_size={global_batch_size} is not divisible by the '
-        f'{process_count} processes; use a multiple of {process_count}.')
-  return global_batch_size // process_count
-
-
 def read_images(source, indices: np.ndarray) -> np.ndarray:
   """Returns uint8 [len(indices), H, W, 3]: the source's images at `indices`, in that order."""
   if isinstance(source, shapes.ShapesSource):
@@ -49,24 +40,22 @@ def read_images(source, indices: np.ndarray) -> np.ndarray:
 
 
 class EpochBatches:
-  """A grain `map_with_index` transform: step -> uint8 batch, this process's part of the global batch.
+  """A grain `map_with_index` transform: step -> uint8 batch, this process's rows of the global batch.
 
   Epoch e's order is a permutation of the whole dataset drawn from (seed, e)
-  alone; global batch b is the b-th run of `process_count * batch_size` examples
-  of it, and process p reads rows [p * batch_size, (p + 1) * batch_size) of that.
-  So the processes' batches are disjoint, together they are exactly the batch one
-  process would read, whatever the process count, and any step can be read
-  first, by any worker, with no state to carry. An epoch's remainder is dropped.
+  alone; global batch b is the b-th run of `global_batch_size` examples of it, and
+  a process reads its `rows` of that (`sharding.process_rows`). So the processes'
+  batches are disjoint, together they are exactly the batch one process would
+  read, whatever the process count, and any step can be read first, by any
+  worker, with no state to carry. An epoch's remainder is dropped.
   """
 
-  def __init__(self, source, *, batch_size: int, seed: int, process_index: int,
-               process_count: int):
+  def __init__(self, source, *, global_batch_size: int, rows: slice, seed: int):
     self.source = source
-    self.batch_size = batch_size
-    self.global_batch_size = batch_size * process_count
-    self.offset = process_index * batch_size
+    self.global_batch_size = global_batch_size
+    self.rows = rows
     self.seed = seed
-    self.batches_per_epoch = len(source) // self.global_batch_size
+    self.batches_per_epoch = len(source) // global_batch_size
     self._make_cache()
 
   def _make_cache(self) -> None:
@@ -79,8 +68,8 @@ class EpochBatches:
   def __call__(self, step: int, batch: int) -> np.ndarray:
     """Returns this process's rows of batch `batch` of the epoch that global step `step` falls in."""
     order = self._epoch_order(step // self.batches_per_epoch)
-    start = batch * self.global_batch_size + self.offset
-    return read_images(self.source, order[start:start + self.batch_size])
+    start = batch * self.global_batch_size
+    return read_images(self.source, order[start:start + self.global_batch_size][self.rows])
 
   def __getstate__(self) -> dict:
     # Sent to worker processes without the cached orders (nor the unpicklable cache).
@@ -98,10 +87,8 @@ class RandomFlips:
   process takes its rows' flips, so they too do not depend on the process count.
   """
 
-  def __init__(self, seed: int, *, batch_size: int, process_index: int, process_count: int):
-    self.seed = seed
-    self.rows = slice(process_index * batch_size, (process_index + 1) * batch_size)
-    self.global_batch_size = batch_size * process_count
+  def __init__(self, seed: int, *, global_batch_size: int, rows: slice):
+    self.seed, self.global_batch_size, self.rows = seed, global_batch_size, rows
 
   def __call__(self, step: int, images: np.ndarray) -> np.ndarray:
     flips = keys.host_flip_rng(self.seed, step).random(self.global_batch_size)[self.rows] < 0.5
@@ -131,7 +118,7 @@ def to_model_input(images: np.ndarray) -> dict[str, np.ndarray]:
   return {'image': scaled}
 
 
-def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
+def train_dataset(source, *, global_batch_size: int, seed: int, flip: bool,
                   process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.MapDataset:
   """Returns this process's infinite MapDataset of shuffled, flipped float batches, from batch start_step on.
 
@@ -139,19 +126,21 @@ def train_dataset(source, *, batch_size: int, seed: int, flip: bool,
   batch numbers an infinite sequence, `EpochBatches` reads each from its epoch's
   order, and the flips are drawn per batch from (seed, i), so each epoch has its
   own order and its own flips, and a run resumed at step s reads exactly the
-  batches from s on. `batch_size` is the per-process batch; the processes'
-  batches together form the global batch.
+  batches from s on. Each element is this process's rows of the global batch;
+  the processes' rows together form it.
   """
-  shard = dict(process_index=process_index, process_count=process_count)
-  batches = EpochBatches(source, batch_size=batch_size, seed=seed, **shard)
+  shard = dict(global_batch_size=global_batch_size,
+               rows=sharding.process_rows(global_batch_size, process_index, process_count))
+  batches = EpochBatches(source, seed=seed, **shard)
   if batches.batches_per_epoch == 0:
+    local = shard['rows'].stop - shard['rows'].start
     raise ValueError(
         f'The dataset has {len(source)} training examples, fewer than one batch of '
-        f'{batches.global_batch_size} ({process_count} process(es) x {batch_size}); '
+        f'{global_batch_size} ({process_count} process(es) x {local}); '
         'use a larger dataset or a smaller training.batch_size.')
   dataset = grain.MapDataset.range(batches.batches_per_epoch).repeat().map_with_index(batches)
   if flip:
-    dataset = dataset.map_with_index(RandomFlips(seed, batch_size=batch_size, **shard))
+    dataset = dataset.map_with_index(RandomFlips(seed, **shard))
   # A slice keeps the parent's indices: element 0 is batch start_step, with its epoch order and flips.
   return dataset[start_step:].map(to_model_input)
 
