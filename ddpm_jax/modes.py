@@ -1,5 +1,8 @@
-"""The modes that read a trained workdir: --mode=sample and --mode=eval. They write samples and scores, never
-checkpoints or config.json."""
+"""The modes that read a trained workdir: --mode=sample and --mode=eval.
+
+They write samples and scores, never checkpoints or config.json; like training, reading the
+newest checkpoint sets a damaged one aside (checkpoints_corrupt/) and reads the newest intact one.
+"""
 import dataclasses
 import os
 
