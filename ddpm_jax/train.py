@@ -44,6 +44,12 @@ def write_grid(config, components: components_lib.Components, state, workdir: st
   return path
 
 
+def mean_of_finite(values) -> float:
+  """Returns the mean of the finite values; NaN, without numpy's empty-slice warning, when none is finite."""
+  finite = [v for v in values if np.isfinite(v)]
+  return float(np.mean(finite)) if finite else float('nan')
+
+
 class MetricsLog:
   """Collects the train step's metrics on device and writes their means at log points."""
 
@@ -59,8 +65,8 @@ class MetricsLog:
       return {}
     stacked = jax.device_get(self.pending)
     # Skipped (non-finite) steps are counted, not averaged into the loss.
-    scalars = {k: float(np.sum([m[k] for m in stacked]) if k == 'nonfinite_steps' else
-                        np.nanmean([m[k] for m in stacked])) for k in stacked[0]}
+    scalars = {k: float(np.sum([m[k] for m in stacked])) if k == 'nonfinite_steps' else
+               mean_of_finite([m[k] for m in stacked]) for k in stacked[0]}
     scalars['learning_rate'] = float(self.learning_rate(step))
     self.writer.write_scalars(step, scalars)
     self.pending = []
