@@ -19,6 +19,8 @@ The host data loader draws with numpy (it runs in grain's threads and workers, f
 JAX): its order and flips are numpy generators seeded from (seed, purpose, epoch or
 step), as is the TFDS hold-out. Pure: imports only jax and numpy.
 """
+import functools
+
 import jax
 import numpy as np
 
@@ -94,6 +96,7 @@ def sample_key(rng, checkpoint_step: int, batch: int):
   return jax.random.fold_in(_reserved_key(rng, _SAMPLE, checkpoint_step), batch)
 
 
+@functools.lru_cache(maxsize=None)  # the loader asks for it every batch; it depends on the run alone
 def _host_seed(seed: int, purpose: int) -> int:
   """Returns a 32-bit seed for one host purpose, independent of the other purposes' seeds."""
   return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
