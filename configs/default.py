@@ -28,6 +28,7 @@ def get_config():
   model.num_heads = 4  # attention heads
   model.dropout = 0.1  # dropout inside residual blocks during training
   model.num_groups = 32  # GroupNorm groups
+  model.norm_eps = 1e-6  # GroupNorm epsilon (diffusion_tf's 1e-6; diffusers models often use 1e-5)
   model.dtype = 'float32'  # compute dtype of convolutions and attention (params stay float32): float32 | bfloat16
   # jax.nn.dot_product_attention's implementation: None picks cuDNN's fused kernel where it applies, else XLA.
   model.attention_impl = ml_collections.config_dict.placeholder(str)  # None | 'xla' | 'cudnn'

@@ -32,6 +32,7 @@ class UNetConfig:
   num_heads: int = 1
   dropout: float = 0.1
   num_groups: int = 32
+  norm_eps: float = 1e-6  # GroupNorm epsilon: diffusion_tf's 1e-6; most diffusers models use 1e-5
   dtype: str = 'float32'  # compute dtype; params are always float32
   attention_impl: Optional[str] = None  # passed to jax.nn.dot_product_attention
 
@@ -77,6 +78,8 @@ def _validate_choices(config: UNetConfig) -> None:
     raise ValueError(f'model.num_res_blocks={config.num_res_blocks}, '
                      f'model.num_heads={config.num_heads} and '
                      f'model.num_groups={config.num_groups} must all be >= 1')
+  if not 0.0 < config.norm_eps < 1.0:
+    raise ValueError(f'model.norm_eps={config.norm_eps} must be in (0, 1)')
   if not 0.0 <= config.dropout < 1.0:
     raise ValueError(f'model.dropout={config.dropout} must be in [0, 1)')
   if config.base_channels < 4:
@@ -148,7 +151,7 @@ def _dense(features: int, config: UNetConfig, name: str, zero_init: bool = False
 
 def _group_norm(config: UNetConfig, name: str) -> nn.GroupNorm:
   """Returns a GroupNorm that computes in float32 whatever the compute dtype, for stability."""
-  return nn.GroupNorm(num_groups=config.num_groups, epsilon=1e-6, dtype=jnp.float32,
+  return nn.GroupNorm(num_groups=config.num_groups, epsilon=config.norm_eps, dtype=jnp.float32,
                       param_dtype=jnp.float32, name=name)
 
 
