@@ -1,7 +1,7 @@
 """Command line: flags → config → the chosen mode (train, sample). Nothing else lives here.
 
   python -m ddpm_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
-  python -m ddpm_jax.main --config=configs/quickstart.py --workdir=runs/quickstart --mode=sample
+  python -m ddpm_jax.main --workdir=runs/quickstart --mode=sample  # the workdir's config.json
 """
 import logging as logging_lib
 import os
@@ -13,7 +13,8 @@ from ml_collections import config_flags
 from ddpm_jax import errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).', lock_config=True)
+config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py). --mode=sample and --mode=eval '
+                                'default to the workdir\'s config.json.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 flags.DEFINE_enum('mode', 'train', ['train', 'sample', 'eval'], 'What to do.')
 flags.DEFINE_integer('checkpoint_step', None, 'Checkpoint to sample from (default: the latest) or to evaluate '
@@ -27,7 +28,7 @@ flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 in a mu
                     '--num_processes and --process_id).')
 flags.DEFINE_integer('num_processes', None, 'How many processes the multi-process run has.')
 flags.DEFINE_integer('process_id', None, "This process's index in the multi-process run, 0 to num_processes - 1.")
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 
 # User mistakes (bad config values, paths, missing checkpoints) surface as these; they
 # become one line on stderr. Anything else is a bug and keeps its traceback.
@@ -97,8 +98,14 @@ class _QuietLibraries(logging_lib.Filter):
 
 
 def load_config():
-  """Returns the config; a missing file or an override of an unknown key becomes a ValueError."""
+  """Returns the config (without --config, the workdir's for sample and eval); a bad one becomes a ValueError."""
   # config_flags loads the file and applies overrides lazily, on first access.
+  if not FLAGS['config'].present:
+    if FLAGS.mode == 'train':
+      raise ValueError('--config is required to train (--mode=sample and --mode=eval read the workdir\'s '
+                       'config.json when it is not given)')
+    from ddpm_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    return workdir_lib.load_config(FLAGS.workdir)
   try:
     config = FLAGS.config
     config.seed  # pylint: disable=pointless-statement  # forces the lazy load

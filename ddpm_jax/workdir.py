@@ -7,6 +7,7 @@ say how long, how often or how to evaluate may change freely. Every replaced
 config.json is kept beside it as config.<UTC time>.json.
 """
 import datetime
+import importlib.util
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ ABSENT = '<absent>'
 FREE_KEYS = ('training.num_steps', 'training.log_every_steps', 'training.checkpoint_every_steps',
              'training.sample_every_steps', 'training.keep_checkpoints', 'training.num_grid_samples',
              'training.max_nonfinite_steps', 'data.data_dir', 'data.num_workers', 'data.strict', 'data.eval_split',
-             'sampling.', 'eval.')
+             'sampling.', 'eval.', 'logging.')
 
 
 def check_writable(workdir: str) -> None:
@@ -110,3 +111,44 @@ def write_config(path: str, config: ml_collections.ConfigDict) -> None:
   with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   os.replace(path + '.tmp', path)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns configs/default.py's config (every key at its default), loaded by path: configs/ is no package."""
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs', 'default.py')
+  spec = importlib.util.spec_from_file_location('ddpm_jax_default_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict, prefix: str = '') -> None:
+  """Sets config's keys to saved's values (lists become tuples where the default is one); new keys keep defaults."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
+      _overlay(config[key], value, f'{prefix}{key}.')
+      continue
+    default = config.get(key)
+    if isinstance(value, list) and (isinstance(default, tuple) or default is None):
+      value = tuple(value)
+    try:
+      with config.ignore_type():
+        config[key] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      raise ValueError(f'{CONFIG_FILE} key {prefix}{key}={value!r} cannot be read ({e})') from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """Returns the config workdir was trained or imported with: the defaults overlaid with its config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} does not exist, so the workdir\'s config is unknown: pass --config '
+                            '(a workdir gets config.json when it first trains or is imported)')
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} cannot be read as JSON ({e}); pass --config instead') from None
+  config = default_config()
+  _overlay(config, saved)
+  return config

@@ -1,9 +1,13 @@
 """End to end: train, log, checkpoint, grid, resume, sample, bad input; and what the CLI itself owns (flags, the
 one-line errors and their exit codes, SIGTERM), through subprocesses."""
 import glob
+import importlib.util
+import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,7 +16,7 @@ from PIL import Image
 
 from clitools import cli, error_line, start
 from ddpm_jax.events import scalars
-from runs import checkpoint_steps, copy_run, run
+from runs import ROOT, checkpoint_steps, copy_run, run
 
 
 def test_train_writes_config_events_checkpoints_and_grids(trained):
@@ -111,3 +115,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(env, tmp_path, caplog):
   caplog.set_level(logging.INFO, logger='absl')
   run(workdir, {'training.num_steps': saved + 2, 'training.sample_every_steps': 100000})
   assert f'Training from step {saved} to {saved + 2}' in caplog.text
+
+
+def test_sample_reads_the_workdirs_config_when_none_is_given_and_train_asks_for_one(env, trained, tmp_path):
+  workdir = copy_run(trained, tmp_path / 'w')
+  bare = [sys.executable, '-m', 'ddpm_jax.main', f'--workdir={workdir}']
+  sampled = subprocess.run(bare + ['--mode=sample'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert sampled.returncode == 0, sampled.stderr[-2000:]
+  assert glob.glob(os.path.join(workdir, 'samples', 'sample_step_4_ddim5.npz'))
+  before = files_and_times(workdir)
+  refused = subprocess.run(bare, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 2
+  assert '--config is required to train' in error_line(refused.stderr)
+  assert files_and_times(workdir) == before
+
+
+def test_configs_workdir_py_is_the_saved_config_to_override(trained):
+  spec = importlib.util.spec_from_file_location('workdir_config', os.path.join(ROOT, 'configs', 'workdir.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  with open(os.path.join(trained, 'config.json')) as f:
+    saved = json.load(f)
+  assert json.loads(module.get_config(trained).to_json_best_effort()) == saved

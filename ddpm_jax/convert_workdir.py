@@ -1,0 +1,105 @@
+"""The workdir side of `python -m ddpm_jax.convert`: an imported model becomes a workdir, a workdir an export.
+
+An import writes config.json and one Orbax checkpoint at step 0 whose params and EMA params are
+the imported weights, so --mode=sample, --mode=eval and training (fine-tuning) open it as they open
+any run. An export reads a checkpoint the way --mode=sample does and writes a DDPMPipeline folder.
+"""
+import glob
+import os
+import shutil
+import tempfile
+
+import jax
+import ml_collections
+
+from ddpm_jax import checkpoints, convert, events, validation
+from ddpm_jax import components as components_lib
+from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.core import sharding
+
+PARAMS = ('ema', 'raw')
+
+
+def check_new_workdir(workdir: str) -> None:
+  """Returns None when workdir holds no run yet; else a one-line ValueError (an import never mixes into a run)."""
+  taken = [name for name in (workdir_lib.CONFIG_FILE, 'checkpoints')
+           if os.path.exists(os.path.join(workdir, name)) and
+           (name != 'checkpoints' or os.listdir(os.path.join(workdir, name)))]
+  if taken:
+    raise ValueError(f'--workdir={workdir} already holds a run ({", ".join(taken)}); import into a new workdir')
+
+
+def import_to_workdir(source: str, workdir: str, base_config: ml_collections.ConfigDict | None = None,
+                      cache_dir: str | None = None) -> ml_collections.ConfigDict:
+  """Writes workdir/config.json and checkpoint 0 of the source's weights; returns the config."""
+  check_new_workdir(workdir)
+  config, params = convert.from_diffusers(source, base_config, cache_dir)
+  validation.validate_config(config)
+  workdir_lib.check_writable(workdir)  # the first write: every check above passed
+  components = components_lib.build(config)
+  params = sharding.replicate(params, components.mesh)
+  state = components_lib.initial_state(config, components)
+  state = state.replace(params=params, ema_params=jax.tree_util.tree_map(lambda p: p.copy(), params),
+                        opt_state=components.optimizer.init(params))
+  manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
+  checkpoints.save(manager, 0, state)
+  checkpoints.check_saved(manager, 0, wait=True)
+  manager.close()
+  if jax.process_index() == 0:
+    workdir_lib.write_config(os.path.join(workdir, workdir_lib.CONFIG_FILE), config)
+  return config
+
+
+def last_evaluation(workdir: str, step: int) -> dict:
+  """Returns the metrics of the workdir's newest evaluation at or before step ({} when none)."""
+  evals = {s: p for s, p in events.files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()
+           if s <= step}
+  if not evals:
+    return {}
+  latest = max(evals)
+  return {**events.read_json(evals[latest]), 'step': latest}
+
+
+def check_out_dir(out: str, workdir: str, overwrite: bool) -> None:
+  """Returns None when out may receive an export; refuses a non-empty folder (unless overwrite) and the workdir."""
+  out_path, work_path = os.path.realpath(out), os.path.realpath(workdir)
+  if out_path == work_path or work_path.startswith(out_path + os.sep):
+    raise ValueError(f'--out={out} holds the workdir {workdir}; export to a folder of its own')
+  if os.path.isfile(out):
+    raise ValueError(f'--out={out} is a file; give a folder (new or empty) for the export')
+  if os.path.isdir(out) and os.listdir(out):
+    if not overwrite:
+      raise ValueError(f'--out={out} is not empty; choose a new folder or pass --overwrite to replace an export')
+    if not os.path.isfile(os.path.join(out, 'model_index.json')):
+      raise ValueError(f'--out={out} is not empty and holds no model_index.json, so it is no earlier export: '
+                       '--overwrite replaces only exports; choose a new folder')
+
+
+def export_workdir(workdir: str, out: str, checkpoint_step: int | None = None, params: str = 'ema',
+                   overwrite: bool = False) -> str:
+  """Writes the checkpoint's EMA (or raw) params as a DDPMPipeline folder at out; returns out."""
+  if params not in PARAMS:
+    raise ValueError(f'--params={params!r} is not one of {", ".join(PARAMS)}')
+  events.check_workdir(workdir)
+  check_out_dir(out, workdir, overwrite)
+  config = workdir_lib.load_config(workdir)
+  from ddpm_jax import modes  # pylint: disable=g-import-not-at-top
+  state = modes.open_trained_run(config, workdir).restore(checkpoint_step)
+  step = int(state.step)
+  weights = jax.device_get(state.ema_params if params == 'ema' else state.params)
+  if jax.process_index() != 0:
+    return out
+  card = convert.model_card(config, step, last_evaluation(workdir, step),
+                            sum(v.size for v in jax.tree_util.tree_leaves(weights)))
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.export-', dir=parent)  # a failed export leaves out as it was
+  try:
+    convert.to_diffusers(config, weights, staging, card)
+    if os.path.isdir(out):
+      shutil.rmtree(out)
+    os.replace(staging, out)
+  finally:
+    for leftover in glob.glob(staging):
+      shutil.rmtree(leftover, ignore_errors=True)
+  return out
