@@ -6,10 +6,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 
 from ddpm_jax import checkpoints, errors, images
 from ddpm_jax import components as components_lib
+from ddpm_jax import wandb_writer
 from ddpm_jax import workdir as workdir_lib
 from ddpm_jax.core import keys, train_step
 from ddpm_jax.core.models.unet import count_params
@@ -50,6 +51,9 @@ def mean_of_finite(values) -> float:
   return float(np.mean(finite)) if finite else float('nan')
 
 
+COUNTED_METRICS = ('nonfinite_steps', 'overflow_steps')  # summed over a log window, not averaged
+
+
 class MetricsLog:
   """Collects the train step's metrics on device and writes their means at log points."""
 
@@ -64,8 +68,9 @@ class MetricsLog:
     if not self.pending:
       return {}
     stacked = jax.device_get(self.pending)
-    # Skipped (non-finite) steps are counted, not averaged into the loss.
-    scalars = {k: float(np.sum([m[k] for m in stacked])) if k == 'nonfinite_steps' else
+    # Skipped (non-finite, overflowing) steps are counted, not averaged into the loss; the loss scale is the newest.
+    scalars = {k: float(np.sum([m[k] for m in stacked])) if k in COUNTED_METRICS else
+               float(stacked[-1][k]) if k == 'loss_scale' else
                mean_of_finite([m[k] for m in stacked]) for k in stacked[0]}
     scalars['learning_rate'] = float(self.learning_rate(step))
     self.writer.write_scalars(step, scalars)
@@ -102,7 +107,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return None
   # The batches are a function of the step alone: the input starts at the restored step's batch.
   train_input = TrainInput(config, components.mesh, start_step=int(state.step))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = wandb_writer.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
   if int(state.step) == 0:
     writer.write_hparams(hparams(config))
   try:
@@ -113,8 +118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def close_quietly(manager, writer, train_input) -> None:
-  """Waits for the pending save and flushes the writers; their errors are logged, not raised over the loop's."""
-  for close in (manager.wait_until_finished, writer.flush, train_input.close):
+  """Waits for the pending save and closes the writers; their errors are logged, not raised over the loop's."""
+  # close, not flush: it also finishes the wandb run, which would otherwise wait for the process to exit.
+  for close in (manager.wait_until_finished, writer.close, train_input.close):
     try:
       close()
     except Exception as e:  # pylint: disable=broad-except  # the loop already reported what matters
