@@ -26,6 +26,7 @@ def get_config():
   config.training.warmup_steps = 5000
   config.training.grad_clip = 1.0
   config.training.ema_decay = 0.9999
+  config.training.ema_warmup = False  # the paper's EMA: a constant decay from the first step
 
   # The paper samples with sigma_t^2 = beta_t through all 1000 steps; evaluate the same way, so the
   # metrics are of the paper's sampler (DDIM ignores the variance).

@@ -10,6 +10,7 @@ that cannot: a file truncated, emptied or altered after the save. Restoring with
 step takes the newest intact checkpoint and moves the damaged newer ones aside to
 checkpoints_corrupt/, never deleting them.
 """
+import dataclasses
 import hashlib
 import os
 import re
@@ -77,9 +78,40 @@ def steps_on_disk(manager: ocp.CheckpointManager) -> list:
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit()) if os.path.isdir(directory) else []
 
 
+def stored(state):
+  """Returns what a checkpoint holds of a state: a train state's fields less those that are None.
+
+  A field added to the train state with None for the runs that don't use it (the loss scale of
+  runs that don't compute in float16) is then absent from their checkpoints, as from those of
+  the versions before it: both restore. Any other tree is stored as it is.
+  """
+  if not dataclasses.is_dataclass(state):
+    return state
+  return {field.name: getattr(state, field.name) for field in dataclasses.fields(state)
+          if getattr(state, field.name) is not None}
+
+
+def restore_target(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Returns what to restore checkpoint `step` into: `stored(abstract_state)`, with the None fields it holds.
+
+  A train state saved as it is (not through `save`) writes its None fields too.
+  """
+  target = stored(abstract_state)
+  if not dataclasses.is_dataclass(abstract_state):
+    return target
+  path = os.path.join(str(manager.directory), str(step), STATE)
+  on_disk = set(ocp.PyTreeCheckpointer().metadata(path).item_metadata.tree)
+  return {**target, **{name: None for name in on_disk - set(target) if getattr(abstract_state, name, 0) is None}}
+
+
+def from_stored(abstract_state, restored):
+  """Returns the state of abstract_state's type from what `stored` made of it."""
+  return abstract_state.replace(**restored) if dataclasses.is_dataclass(abstract_state) else restored
+
+
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
   """Starts saving the state and its digest as checkpoint `step`; the write is async."""
-  items = {STATE: ocp.args.StandardSave(state), DIGEST: ocp.args.JsonSave({'sha256': state_digest(state)})}
+  items = {STATE: ocp.args.StandardSave(stored(state)), DIGEST: ocp.args.JsonSave({'sha256': state_digest(state)})}
   try:
     manager.save(step, args=ocp.args.Composite(**items), force=True)
   except Exception as e:  # pylint: disable=broad-except  # the file system fails in many ways
@@ -98,7 +130,9 @@ def check_saved(manager: ocp.CheckpointManager, step: int, wait: bool = False) -
 
 def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state):
   """Returns checkpoint `step`'s state once its digest matches."""
-  state = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
+  target = restore_target(manager, step, abstract_state)
+  restored = manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target)}))[STATE]
+  state = from_stored(abstract_state, restored)
   try:
     expected = manager.restore(step, args=ocp.args.Composite(**{DIGEST: ocp.args.JsonRestore()}))[DIGEST]['sha256']
   except (KeyError, FileNotFoundError):

@@ -1,15 +1,20 @@
 """Checkpoint integrity: damaged checkpoints are detected and set aside, failed saves are clear errors."""
 import glob
+import json
 import os
 import resource
 import shutil
+from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ddpm_jax import checkpoints, errors
+from ddpm_jax.core import loss_scale, train_step
 
 # Orbax leaves the coroutines of a failed read or write unawaited; Python reports each when it is collected.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
@@ -143,3 +148,44 @@ def test_the_digest_covers_every_leaf_and_its_path():
   assert checkpoints.state_digest(state) != checkpoints.state_digest({**state, 'step': jnp.asarray(3, jnp.int32)})
   renamed = {'other': state['params'], 'step': state['step']}
   assert checkpoints.state_digest(state) != checkpoints.state_digest(renamed)
+
+
+@flax.struct.dataclass
+class StateOfEarlierVersions:
+  """The train state's fields before the loss scale existed."""
+  step: Any
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: Any
+  nonfinite_streak: Any
+
+
+def tiny_train_state(scale=None):
+  optimizer = train_step.make_optimizer(1e-3, 0, 1.0)
+  return train_step.create_train_state({'w': jnp.arange(4.0)}, optimizer, jax.random.PRNGKey(0), scale)
+
+
+def test_the_loss_scale_survives_a_checkpoint_and_states_without_one_restore_as_before(tmp_path):
+  manager = checkpoints.make_manager(str(tmp_path), keep=5)
+  float16 = tiny_train_state(loss_scale.LossScale(jnp.asarray(1024.0), jnp.asarray(17, jnp.int32)))
+  float32 = tiny_train_state()
+  earlier = StateOfEarlierVersions(**{name: getattr(float32, name) for name in
+                                      StateOfEarlierVersions.__dataclass_fields__})
+  assert checkpoints.state_digest(earlier) == checkpoints.state_digest(float32)
+  for step, state in ((1, float16), (2, float32), (3, earlier)):
+    checkpoints.save(manager, step, state)
+  checkpoints.check_saved(manager, 3, wait=True)
+  # A train state saved by Orbax as it is (not through checkpoints.save) also writes its None loss scale.
+  manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(float32)))
+  manager.wait_until_finished()
+  restored = checkpoints.restore(manager, jax.eval_shape(lambda: float16), step=1)
+  assert float(restored.loss_scale.scale) == 1024.0 and int(restored.loss_scale.good_steps) == 17
+  for step in (2, 3, 4):  # a float32 run's checkpoint, one written before the field existed, one saved as it is
+    restored = checkpoints.restore(manager, jax.eval_shape(lambda: float32), step=step)
+    assert isinstance(restored, train_step.TrainState) and restored.loss_scale is None
+    assert checkpoints.state_digest(restored) == checkpoints.state_digest(float32)
+  # The float32 checkpoint is the earlier versions' one, file for file.
+  with open(os.path.join(step_dir(str(tmp_path), 2), 'state', '_METADATA')) as new, \
+       open(os.path.join(step_dir(str(tmp_path), 3), 'state', '_METADATA')) as old:
+    assert json.load(new)['tree_metadata'] == json.load(old)['tree_metadata']

@@ -5,7 +5,7 @@ import numpy as np
 
 from ddpm_jax.core import keys
 
-STEPS, BATCHES = 10_000, 100
+STEPS, BATCHES, MICROBATCHES = 10_000, 100, 4
 
 
 def key_rows(fn, *indices) -> np.ndarray:
@@ -17,12 +17,14 @@ def key_rows(fn, *indices) -> np.ndarray:
 
 
 def streams() -> dict:
-  """Returns {stream: its keys} over the first 10,000 steps (or epochs) and the first 100 sample batches."""
+  """Returns {stream: its keys} over the first 10,000 steps (or epochs), 4 microbatches and 100 sample batches."""
   steps, batches = np.arange(STEPS), np.arange(BATCHES)
   return {
       'timesteps': key_rows(keys.timesteps_key, steps),
       'noise': key_rows(keys.noise_key, steps),
       'dropout': key_rows(keys.dropout_key, steps),
+      'offset noise': key_rows(keys.offset_noise_key, steps),
+      'microbatch dropout': key_rows(keys.microbatch_dropout_key, steps, np.arange(MICROBATCHES)),
       'device data order': key_rows(keys.device_order_key, steps),
       'device data flips': key_rows(keys.device_flip_key, steps),
       'grid samples': key_rows(keys.grid_key, batches),
@@ -40,7 +42,7 @@ def test_no_two_streams_give_the_same_key():
   _, first, counts = np.unique(everything, axis=0, return_index=True, return_counts=True)
   repeated = first[counts > 1]
   assert not len(repeated), f'{len(repeated)} keys repeat, e.g. one of {owners[repeated[0]]}'
-  assert len(everything) == 5 * STEPS + 2 * BATCHES + 11 * BATCHES
+  assert len(everything) == (6 + MICROBATCHES) * STEPS + 2 * BATCHES + 11 * BATCHES
 
 
 def test_splits_of_a_stream_do_not_land_on_another_stream():

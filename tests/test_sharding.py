@@ -20,11 +20,11 @@ SCRIPT = textwrap.dedent('''
     step = train_step.make_train_step(model.apply, schedule, optimizer, loss='mse', prediction='eps', ema_decay=0.9)
     batches = [{'image': np.random.default_rng(i).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)} for i in range(3)]
 
-    def train(mesh):
+    def train(mesh, step_fn=step):
       state = train_step.create_train_state(train_step.init_params(model, 8, 0), optimizer, jax.random.PRNGKey(1))
       state = sharding.replicate(state, mesh)
       for batch in batches:
-        state, metrics = step(state, sharding.global_batch(batch, mesh))
+        state, metrics = step_fn(state, sharding.global_batch(batch, mesh))
       return state, metrics
 
     four, m4 = train(sharding.make_mesh())
@@ -34,6 +34,20 @@ SCRIPT = textwrap.dedent('''
     np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(four.params), jax.tree_util.tree_leaves(one.params)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+    # training.grad_accum_steps=2: 2 microbatches of 4, each split over the 4 devices (1 row on each).
+    mesh = sharding.make_mesh()
+    accumulating = train_step.make_train_step(model.apply, schedule, optimizer, loss='mse', prediction='eps',
+                                              ema_decay=0.9, grad_accum_steps=2,
+                                              batch_sharding=sharding.batch_sharded(mesh))
+    state = sharding.replicate(train_step.create_train_state(train_step.init_params(model, 8, 0), optimizer,
+                                                             jax.random.PRNGKey(1)), mesh)
+    hlo = accumulating.lower(state, sharding.global_batch(batches[0], mesh)).compile().as_text()
+    assert 'f32[1,8,8,3]' in hlo and 'f32[4,8,8,3]' not in hlo, hlo[:2000]
+    four, m4 = train(mesh, accumulating)
+    np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(four.params), jax.tree_util.tree_leaves(one.params)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     print('EQUAL')
 ''')
 

@@ -1,24 +1,29 @@
 """The jitted train step: it learns, its EMA follows the formula, and its randomness is keyed by step."""
+import dataclasses
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ddpm_jax.core import schedules, train_step
+import runs
+from ddpm_jax import validation
+from ddpm_jax.core import device_data, diffusion, keys, loss_scale, schedules, sharding, train_step
 from ddpm_jax.core.models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                   num_groups=4, dropout=0.0)
 
 
-def setup(ema_decay=0.9, loss='mse', prediction='eps', learning_rate=3e-3):
+def setup(ema_decay=0.9, loss='mse', prediction='eps', learning_rate=3e-3, **options):
   model = UNet(TINY)
   schedule = schedules.make_schedule('linear', 100)
   optimizer = train_step.make_optimizer(learning_rate, 0, 1.0)
   params = train_step.init_params(model, 8, seed=0)
   state = train_step.create_train_state(params, optimizer, jax.random.PRNGKey(1))
   step = train_step.make_train_step(model.apply, schedule, optimizer, loss=loss, prediction=prediction,
-                                    ema_decay=ema_decay)
+                                    ema_decay=ema_decay, **options)
   return state, step
 
 
@@ -89,6 +94,22 @@ def test_state_is_donated(compiled):
   assert params_leaf.is_deleted()
 
 
+def test_min_snr_weighting_reaches_the_train_step(compiled):
+  fresh, plain_step = compiled
+  _, weighted_step = setup(loss_weighting='min_snr', min_snr_gamma=5.0)
+  state, batch = fresh(), fixed_batch()
+  schedule = schedules.make_schedule('linear', 100)
+  t = jax.random.randint(keys.timesteps_key(state.rng, state.step), (16,), 0, 100)
+  noise = jax.random.normal(keys.noise_key(state.rng, state.step), batch['image'].shape)
+  model_fn = lambda x_t, tt: UNet(TINY).apply({'params': state.params}, x_t, tt)
+  expected = diffusion.loss_fn(model_fn, schedule, batch['image'], t, noise, loss='mse', prediction='eps',
+                               loss_weighting='min_snr', min_snr_gamma=5.0)
+  _, weighted = weighted_step(fresh(), batch)
+  _, plain = plain_step(fresh(), batch)
+  np.testing.assert_allclose(float(weighted['loss']), float(expected), rtol=1e-6)
+  assert abs(float(weighted['loss']) - float(plain['loss'])) > 1e-3
+
+
 def test_make_train_step_rejects_unknown_names():
   schedule = schedules.make_schedule('linear', 100)
   optimizer = train_step.make_optimizer(1e-3, 0, 1.0)
@@ -113,3 +134,139 @@ def test_a_non_finite_step_is_not_applied_and_counted(compiled):
   state, metrics = step(state, fixed_batch())
   assert int(metrics['nonfinite_steps']) == 0 and int(state.nonfinite_streak) == 0
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(state.params))
+
+
+# --- training.grad_accum_steps, training.ema_warmup, diffusion.offset_noise, float16 with loss scaling ---
+
+def tree_max_diff(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def run_steps(step, state, batch, count):
+  """Returns (state, losses) after `count` steps on batch."""
+  losses = []
+  for _ in range(count):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  return state, losses
+
+
+@pytest.fixture(scope='module')
+def accumulating():
+  """Returns (images on device, the jitted data.on_device step of 4 microbatches without EMA warm-up), compiled once."""
+  mesh = sharding.make_mesh()
+  images = device_data.to_device(np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), np.uint8), mesh)
+  step = train_step.make_device_data_train_step(
+      UNet(TINY).apply, schedules.make_schedule('linear', 100), train_step.make_optimizer(3e-3, 0, 1.0),
+      loss='mse', prediction='eps', ema_decay=0.9, batch_size=16, flip=True,
+      batch_sharding=sharding.batch_sharded(mesh), grad_accum_steps=4, ema_warmup=False)
+  return images, step
+
+
+def test_four_microbatches_of_on_device_data_equal_one_step_on_the_whole_batch(compiled, accumulating):
+  fresh, whole_step = compiled
+  images, step = accumulating
+  draw = jax.jit(device_data.device_batch, static_argnames=('batch_size', 'flip'))
+  accumulated, whole = fresh(), fresh()
+  for _ in range(3):  # 2 batches an epoch: the third step starts a new permutation
+    whole, whole_metrics = whole_step(whole, draw(images, whole.step, whole.rng, batch_size=16, flip=True))
+    accumulated, metrics = step(accumulated, images)
+    for name in ('loss', 'grad_norm'):  # the norm of the mean gradient: Adam alone would hide a wrong scale
+      np.testing.assert_allclose(float(metrics[name]), float(whole_metrics[name]), rtol=1e-5)
+  assert tree_max_diff(accumulated.params, whole.params) < 1e-5  # (not the EMA: no warm-up here)
+  assert tree_max_diff(accumulated.params, fresh().params) > 1e-3  # the steps did move the params
+
+
+def test_ema_without_warm_up_decays_at_ema_decay_from_the_first_step(compiled, accumulating):
+  assert float(train_step.ema_decay_at(0, 0.9, warmup=False)) == pytest.approx(0.9)
+  assert float(train_step.ema_decay_at(0, 0.9)) == pytest.approx(0.1)
+  state = compiled[0]()
+  before = jax.tree_util.tree_map(np.asarray, state.ema_params)
+  new_state, _ = accumulating[1](state, accumulating[0])
+  expected = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * np.asarray(p), before, new_state.params)
+  assert tree_max_diff(new_state.ema_params, expected) < 1e-7
+
+
+def test_offset_noise_adds_a_constant_per_image_and_channel_and_zero_draws_nothing():
+  rng, x0 = jax.random.PRNGKey(1), jnp.zeros((64, 8, 8, 3))
+  plain = jax.random.normal(keys.noise_key(rng, 5), x0.shape)
+  np.testing.assert_array_equal(train_step.draw_noise(rng, 5, x0, 0.0), plain)
+  offset = np.asarray(train_step.draw_noise(rng, 5, x0, 0.5) - plain)
+  np.testing.assert_allclose(offset, np.broadcast_to(offset[:, :1, :1, :], offset.shape), atol=1e-6)
+  per_image_channel = offset[:, 0, 0, :]
+  assert 0.35 < per_image_channel.std() < 0.65 and len(np.unique(per_image_channel)) == per_image_channel.size
+
+
+def float16_setup(initial_scale=loss_scale.INITIAL_SCALE):
+  model = UNet(dataclasses.replace(TINY, dtype='float16'))
+  optimizer = train_step.make_optimizer(3e-3, 0, 1.0)
+  params = train_step.init_params(model, 8, seed=0)
+  state = train_step.create_train_state(params, optimizer, jax.random.PRNGKey(1), loss_scale.init(initial_scale))
+  step = train_step.make_train_step(model.apply, schedules.make_schedule('linear', 100), optimizer, loss='mse',
+                                    prediction='eps', ema_decay=0.9)
+  return state, step
+
+
+@pytest.fixture(scope='module')
+def float16_step():
+  """Returns the jitted step of the tiny U-Net computing in float16 (its state carries a loss scale)."""
+  return float16_setup()[1]
+
+
+def test_float16_trains_the_tiny_model_like_float32(compiled, float16_step):
+  fresh, float32_step = compiled
+  _, float32_losses = run_steps(float32_step, fresh(), fixed_batch(), 5)
+  state, float16_losses = float16_setup()[0], []
+  for _ in range(5):
+    state, metrics = float16_step(state, fixed_batch())
+    float16_losses.append(float(metrics['loss']))
+    assert int(metrics['overflow_steps']) == 0 and int(metrics['nonfinite_steps']) == 0
+  np.testing.assert_allclose(float16_losses, float32_losses, rtol=2e-2)
+  assert float(metrics['loss_scale']) == loss_scale.INITIAL_SCALE
+  assert state.params['conv_out']['kernel'].dtype == jnp.float32 and int(state.loss_scale.good_steps) == 5
+
+
+def test_a_float16_overflow_is_skipped_and_counted_apart_from_nan_steps(float16_step):
+  # A scale of 2**100 overflows float16 in the backward pass: skipped, the scale halved, no NaN step counted.
+  state = float16_setup(initial_scale=2.0**100)[0].replace(nonfinite_streak=jnp.asarray(1, jnp.int32))
+  before = jax.tree_util.tree_map(np.asarray, (state.params, state.ema_params, state.opt_state))
+  after, metrics = float16_step(state, fixed_batch())
+  assert np.isfinite(float(metrics['loss'])) and float(metrics['loss_scale']) == 2.0**100
+  assert int(metrics['overflow_steps']) == 1 and int(metrics['nonfinite_steps']) == 0
+  assert int(after.nonfinite_streak) == 1 and int(after.step) == 1
+  assert float(after.loss_scale.scale) == 2.0**99 and int(after.loss_scale.good_steps) == 0
+  assert tree_max_diff((after.params, after.ema_params, after.opt_state), before) == 0.0
+  # A NaN loss is a NaN step, not an overflow: it counts toward training.max_nonfinite_steps.
+  bad = {'image': fixed_batch()['image'].at[0, 0, 0, 0].set(jnp.nan)}
+  after, metrics = float16_step(after, bad)
+  assert int(metrics['overflow_steps']) == 0 and int(metrics['nonfinite_steps']) == 1
+  assert int(after.nonfinite_streak) == 2 and float(after.loss_scale.scale) == 2.0**99
+
+
+def test_the_loss_scale_doubles_after_a_run_of_finite_steps_and_stays_after_a_nan_loss():
+  scale = loss_scale.init(8.0).replace(good_steps=jnp.asarray(loss_scale.GROWTH_INTERVAL - 1, jnp.int32))
+  grown = loss_scale.update(scale, jnp.asarray(True), jnp.asarray(False))
+  assert float(grown.scale) == 16.0 and int(grown.good_steps) == 0
+  kept = loss_scale.update(scale, jnp.asarray(False), jnp.asarray(False))
+  assert float(kept.scale) == 8.0 and int(kept.good_steps) == loss_scale.GROWTH_INTERVAL - 1
+  floor = loss_scale.init(loss_scale.MIN_SCALE)
+  assert not bool(loss_scale.is_overflow(floor, jnp.asarray(True), jnp.asarray(False)))  # a NaN step at scale 1
+
+
+@pytest.mark.parametrize('overrides, devices, message', [
+    ({'training.grad_accum_steps': 0}, 1, 'training.grad_accum_steps=0 must be an integer >= 1'),
+    ({'training.grad_accum_steps': 3}, 1, 'training.batch_size=8 is not divisible by training.grad_accum_steps=3'),
+    ({'training.grad_accum_steps': 4}, 4, 'training.batch_size=8 / training.grad_accum_steps=4 = 2 rows per '
+     'microbatch is not divisible by the 4 devices'),
+    ({'diffusion.offset_noise': -0.1}, 1, 'diffusion.offset_noise=-0.1 must be a finite number >= 0'),
+])
+def test_bad_step_options_are_one_line_errors(overrides, devices, message):
+  config = runs.tiny_config()  # batch 8
+  for key, value in overrides.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  with pytest.raises(ValueError, match=re.escape(message)) as error:
+    validation.check_step_options(config, device_count=devices)
+  assert '\n' not in str(error.value)
+  validation.check_step_options(runs.tiny_config({'training.grad_accum_steps': 2}), device_count=4)

@@ -7,7 +7,8 @@ it runs on machines where those cannot be installed.
   schedules    noise schedules -> Schedule (an immutable pytree of arrays)
   diffusion    q_sample, losses, the samplers' steps, the scan sampler
   keys         every random stream of a run, each a named function; no two coincide
-  train_step   TrainState, the jitted train step, EMA, the optimizer
+  train_step   TrainState, the jitted train step (with gradient accumulation), EMA, the optimizer
+  loss_scale   dynamic loss scaling of float16 compute
   sampler      one builder: sampler settings -> jitted sampler and its batch loop
   sharding     the 'data' mesh: replicated state, batch-split inputs
   device_data  the whole training split in device memory, batches drawn inside the step

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 # Training purposes, folded in after the step.
-_TIMESTEPS, _NOISE, _DROPOUT = 0, 1, 2
+_TIMESTEPS, _NOISE, _DROPOUT, _OFFSET_NOISE, _MICROBATCH_DROPOUT = 0, 1, 2, 3, 4
 # Other purposes, folded in first (offset by _RESERVED), then the index.
 _RESERVED = 2**31
 _GRID, _EVAL, _SAMPLE, _DEVICE_ORDER, _DEVICE_FLIP = 3, 4, 5, 6, 7
@@ -65,6 +65,19 @@ def noise_key(rng, step):
 def dropout_key(rng, step):
   """Returns the key of training step `step`'s dropout masks."""
   return _training_key(rng, step, _DROPOUT)
+
+
+def offset_noise_key(rng, step):
+  """Returns the key of training step `step`'s per-image, per-channel noise offsets (diffusion.offset_noise)."""
+  return _training_key(rng, step, _OFFSET_NOISE)
+
+
+def microbatch_dropout_key(rng, step, microbatch):
+  """Returns the key of the dropout masks of microbatch `microbatch` of step `step` (training.grad_accum_steps > 1).
+
+  Its own purpose, not a fold-in of `dropout_key`: that key's splits are Flax's to take.
+  """
+  return jax.random.fold_in(_training_key(rng, step, _MICROBATCH_DROPOUT), microbatch)
 
 
 def _reserved_key(rng, purpose: int, index):

@@ -3,6 +3,10 @@
 Pure: imports only jax, flax, optax and numpy. Each step's keys come from `keys`
 (timesteps, noise, dropout of (state.rng, state.step)), so a resumed run draws exactly
 what the uninterrupted run would have drawn.
+
+With grad_accum_steps = k > 1 one optimizer step runs k microbatches in a `lax.scan`
+(memory of one microbatch), its timesteps and noise drawn for the whole batch as with
+k = 1; with float16 compute the state carries a dynamic loss scale (`loss_scale`).
 """
 import functools
 from typing import Any, Callable
@@ -11,8 +15,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ddpm_jax.core import device_data, diffusion, keys
+from ddpm_jax.core import loss_scale as loss_scale_lib
 from ddpm_jax.core.schedules import Schedule
 
 
@@ -25,6 +31,9 @@ class TrainState:
   opt_state: Any
   rng: jnp.ndarray
   nonfinite_streak: jnp.ndarray  # steps in a row whose loss or gradient was NaN/Inf (and so not applied)
+  # float16 compute only: the dynamic loss scale. None (no leaves) otherwise, so the state's tree, its
+  # checkpoints and its digest are those of earlier versions.
+  loss_scale: Any = None
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -40,8 +49,13 @@ def make_optimizer(learning_rate: float, warmup_steps: int, grad_clip: float) ->
   return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip > 0 else adam
 
 
-def ema_decay_at(step, ema_decay: float):
-  """Returns the EMA decay at a step: min(decay, (1 + step) / (10 + step)), so early EMA tracks the params."""
+def ema_decay_at(step, ema_decay: float, warmup: bool = True):
+  """Returns the EMA decay at a step: min(decay, (1 + step) / (10 + step)), so early EMA tracks the params.
+
+  Without warmup, the constant ema_decay of Ho et al.
+  """
+  if not warmup:
+    return jnp.asarray(ema_decay, jnp.float32)
   step = jnp.asarray(step, jnp.float32)
   return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
@@ -53,30 +67,114 @@ def init_params(model, image_size: int, seed: int, channels: int = 3):
   return init(keys.params_init_key(seed), dummy, jnp.zeros((1,), jnp.int32), train=False)['params']
 
 
-def create_train_state(params, optimizer: optax.GradientTransformation, rng) -> TrainState:
-  """Returns the state at step 0; the EMA starts as a copy of the params."""
+def create_train_state(params, optimizer: optax.GradientTransformation, rng, loss_scale=None) -> TrainState:
+  """Returns the state at step 0; the EMA starts as a copy of the params.
+
+  loss_scale: a `loss_scale.LossScale` to train with dynamic loss scaling (float16 compute), else None.
+  """
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     ema_params=jax.tree_util.tree_map(jnp.copy, params),
-                    opt_state=optimizer.init(params), rng=rng, nonfinite_streak=jnp.zeros((), jnp.int32))
+                    opt_state=optimizer.init(params), rng=rng, nonfinite_streak=jnp.zeros((), jnp.int32),
+                    loss_scale=loss_scale)
+
+
+def draw_noise(rng, step, x0, offset_noise: float):
+  """Returns step `step`'s Gaussian noise for x0, plus a per-image, per-channel N(0, offset_noise**2) offset."""
+  noise = jax.random.normal(keys.noise_key(rng, step), x0.shape, x0.dtype)
+  if not offset_noise:  # no draw: runs without offset noise keep their exact noise
+    return noise
+  offset_shape = (x0.shape[0],) + (1,) * (x0.ndim - 2) + (x0.shape[-1],)
+  return noise + offset_noise * jax.random.normal(keys.offset_noise_key(rng, step), offset_shape, x0.dtype)
+
+
+def loss_and_grads(params, x0, t, noise, dropout_key, *, apply_fn: Callable, schedule: Schedule, loss: str,
+                   prediction: str, scale=None, loss_weighting: str = 'none', min_snr_gamma: float = 5.0):
+  """Returns (the mean loss on x0, its gradient), the gradient multiplied by `scale` when one is given."""
+  def compute_loss(params):
+    model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs={'dropout': dropout_key})
+    return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=loss, prediction=prediction,
+                             loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma)
+
+  if scale is None:
+    return jax.value_and_grad(compute_loss)(params)
+  scaled = lambda p: (lambda value: (value * scale, value))(compute_loss(p))
+  (_, loss_value), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+  return loss_value, grads
+
+
+def split_microbatches(tree, count: int):
+  """Returns every [B, ...] array of tree as [count, B / count, ...]: microbatch i holds rows i, i + count, ...
+
+  Strided, not contiguous: a device's rows of the batch split into its rows of each
+  microbatch, so the split moves no data between devices.
+  """
+  def split(array):
+    if array.shape[0] % count:
+      raise ValueError(f'training.grad_accum_steps={count} must divide the batch of {array.shape[0]}')
+    return array.reshape((array.shape[0] // count, count) + array.shape[1:]).swapaxes(0, 1)
+  return jax.tree_util.tree_map(split, tree)
+
+
+def accumulated_loss_and_grads(loss_and_grads_fn: Callable, params, x0, t, noise, dropout_key_of: Callable,
+                               count: int, batch_sharding=None):
+  """Returns (the mean loss, the mean gradient) over `count` microbatches of (x0, t, noise), one at a time.
+
+  A `lax.scan`, so only one microbatch's activations are alive; each microbatch's dropout key is
+  `dropout_key_of(index)`. With `batch_sharding`, each microbatch is split across its devices.
+  """
+  microbatches = split_microbatches((x0, t, noise), count)
+  if batch_sharding is not None:
+    stacked = NamedSharding(batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))
+    microbatches = jax.lax.with_sharding_constraint(microbatches, stacked)
+
+  def add_microbatch(total, inputs):
+    index, microbatch = inputs
+    if batch_sharding is not None:
+      microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
+    value, grads = loss_and_grads_fn(params, *microbatch, dropout_key_of(index))
+    return jax.tree_util.tree_map(jnp.add, total, (value, grads)), None
+
+  zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
+  (total_loss, total_grads), _ = jax.lax.scan(add_microbatch, zeros, (jnp.arange(count), microbatches))
+  # The loss is a mean over equal microbatches: the whole batch's loss and gradient are their means.
+  return total_loss / count, jax.tree_util.tree_map(lambda g: g / count, total_grads)
 
 
 def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedule,
-               optimizer: optax.GradientTransformation, loss: str, prediction: str, ema_decay: float):
-  """Returns (the state after one optimizer step on batch['image'], a dict of scalar metrics)."""
+               optimizer: optax.GradientTransformation, loss: str, prediction: str, ema_decay: float,
+               ema_warmup: bool = True, grad_accum_steps: int = 1, offset_noise: float = 0.0,
+               loss_weighting: str = 'none', min_snr_gamma: float = 5.0, batch_sharding=None):
+  """Returns (the state after one optimizer step on batch['image'], a dict of scalar metrics).
+
+  Timesteps and noise are drawn for the whole batch, then split into grad_accum_steps
+  microbatches; with state.loss_scale (float16 compute) the loss is scaled and an
+  overflowing step skipped.
+  """
   x0 = batch['image']
   t = jax.random.randint(keys.timesteps_key(state.rng, state.step), (x0.shape[0],), 0, schedule.num_timesteps)
-  noise = jax.random.normal(keys.noise_key(state.rng, state.step), x0.shape, x0.dtype)
-  dropout_key = keys.dropout_key(state.rng, state.step)
+  noise = draw_noise(state.rng, state.step, x0, offset_noise)
+  scale = None if state.loss_scale is None else state.loss_scale.scale
+  grads_fn = functools.partial(loss_and_grads, apply_fn=apply_fn, schedule=schedule, loss=loss,
+                               prediction=prediction, scale=scale, loss_weighting=loss_weighting,
+                               min_snr_gamma=min_snr_gamma)
+  if grad_accum_steps == 1:  # the step of earlier versions, key for key
+    loss_value, grads = grads_fn(state.params, x0, t, noise, keys.dropout_key(state.rng, state.step))
+  else:
+    dropout_key_of = lambda index: keys.microbatch_dropout_key(state.rng, state.step, index)
+    loss_value, grads = accumulated_loss_and_grads(grads_fn, state.params, x0, t, noise, dropout_key_of,
+                                                   grad_accum_steps, batch_sharding)
+  if scale is not None:
+    grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+  return apply_gradients(state, loss_value, grads, optimizer=optimizer, ema_decay=ema_decay, ema_warmup=ema_warmup)
 
-  def compute_loss(params):
-    model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs={'dropout': dropout_key})
-    return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=loss, prediction=prediction)
 
-  loss_value, grads = jax.value_and_grad(compute_loss)(state.params)
+def apply_gradients(state: TrainState, loss_value, grads, *, optimizer: optax.GradientTransformation,
+                    ema_decay: float, ema_warmup: bool = True):
+  """Returns (the state after the update by grads, the step's metrics); a NaN/Inf or overflowing step is skipped."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay_at(state.step, ema_decay)
+  decay = ema_decay_at(state.step, ema_decay, ema_warmup)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
   # A NaN/Inf loss or gradient leaves params, EMA and optimizer state as they were.
   finite = jnp.isfinite(loss_value) & jnp.isfinite(grad_norm)
@@ -86,35 +184,59 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedu
       ema_params=keep_if_finite(ema_params, state.ema_params), opt_state=keep_if_finite(opt_state, state.opt_state),
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
   metrics = {'loss': loss_value, 'grad_norm': grad_norm, 'nonfinite_steps': (~finite).astype(jnp.int32)}
+  if state.loss_scale is not None:
+    new_state, metrics = _count_overflow(state, new_state, metrics, finite, jnp.isfinite(loss_value))
   return new_state, metrics
 
 
-def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
-                    loss: str, prediction: str, ema_decay: float):
-  """Returns the jitted train step `(state, batch) -> (state, metrics)`, with the state donated."""
+def _count_overflow(state: TrainState, new_state: TrainState, metrics: dict, finite, loss_finite):
+  """Returns (new_state, metrics) with an overflow counted apart from NaN/Inf steps and the loss scale updated."""
+  overflow = loss_scale_lib.is_overflow(state.loss_scale, loss_finite, finite)
+  # An overflow is skipped like a NaN/Inf step but is no sign of divergence: the streak stays as it was.
+  streak = jnp.where(overflow, state.nonfinite_streak, new_state.nonfinite_streak)
+  new_state = new_state.replace(nonfinite_streak=streak,
+                                loss_scale=loss_scale_lib.update(state.loss_scale, finite, overflow))
+  metrics = dict(metrics, nonfinite_steps=(~finite & ~overflow).astype(jnp.int32),
+                 overflow_steps=overflow.astype(jnp.int32), loss_scale=state.loss_scale.scale)
+  return new_state, metrics
+
+
+def _check_options(loss: str, prediction: str, grad_accum_steps: int) -> None:
+  """Returns None; raises a one-line ValueError for an unknown loss or prediction or a bad microbatch count."""
   diffusion.check_choice('loss', loss, diffusion.LOSSES)
   diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
+  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+    raise ValueError(f'training.grad_accum_steps={grad_accum_steps!r} must be an integer >= 1')
+
+
+def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+                    loss: str, prediction: str, ema_decay: float, **options):
+  """Returns the jitted train step `(state, batch) -> (state, metrics)`, with the state donated.
+
+  options: train_step's ema_warmup, grad_accum_steps, offset_noise, loss_weighting, min_snr_gamma and
+  batch_sharding (the sharding each microbatch keeps when grad_accum_steps > 1).
+  """
+  _check_options(loss, prediction, options.get('grad_accum_steps', 1))
   step = functools.partial(train_step, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
-                           prediction=prediction, ema_decay=ema_decay)
+                           prediction=prediction, ema_decay=ema_decay, **options)
   return jax.jit(step, donate_argnums=0)
 
 
 def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
                                 loss: str, prediction: str, ema_decay: float, batch_size: int, flip: bool,
-                                batch_sharding):
+                                batch_sharding, **options):
   """Returns the jitted step `(state, images on device) -> (state, metrics)` that draws its own batch.
 
   The batch (rows, flips) comes from `device_data.device_batch` with the run's base key,
   split across devices by `batch_sharding`; the state is donated, the images are not.
+  options: as make_train_step's.
   """
-  diffusion.check_choice('loss', loss, diffusion.LOSSES)
-  diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
+  _check_options(loss, prediction, options.get('grad_accum_steps', 1))
 
   def step(state: TrainState, images):
     batch = device_data.device_batch(images, state.step, state.rng, batch_size=batch_size,
                                      flip=flip)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
-                      prediction=prediction, ema_decay=ema_decay)
+                      prediction=prediction, ema_decay=ema_decay, batch_sharding=batch_sharding, **options)
   return jax.jit(step, donate_argnums=0)
-

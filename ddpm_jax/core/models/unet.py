@@ -15,7 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# float16 needs dynamic loss scaling in the train step (its range is too narrow for raw gradients).
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 _ATTENTION_IMPLS = (None, 'xla', 'cudnn')
 
 # diffusion_tf's `default_init`: variance scaling, fan_avg, uniform.
@@ -35,6 +36,7 @@ class UNetConfig:
   norm_eps: float = 1e-6  # GroupNorm epsilon: diffusion_tf's 1e-6; most diffusers models use 1e-5
   dtype: str = 'float32'  # compute dtype; params are always float32
   attention_impl: Optional[str] = None  # passed to jax.nn.dot_product_attention
+  remat: bool = False  # recompute each ResBlock's and AttentionBlock's activations in the backward pass
 
   def __post_init__(self):
     # ConfigDict slices hand over lists; a frozen, hashable config needs tuples.
@@ -48,6 +50,16 @@ class UNetConfig:
   def compute_dtype(self) -> Any:
     """Returns the jnp dtype that convolutions and dense layers compute in."""
     return _DTYPES[self.dtype]
+
+  @property
+  def res_block(self) -> type:
+    """Returns the ResBlock class to build: rematerialised when self.remat."""
+    return _RematResBlock if self.remat else ResBlock
+
+  @property
+  def attention_block(self) -> type:
+    """Returns the AttentionBlock class to build: rematerialised when self.remat."""
+    return _RematAttentionBlock if self.remat else AttentionBlock
 
   def level_channels(self) -> Tuple[int, ...]:
     """Returns the channel count at each resolution level, top first."""
@@ -187,10 +199,21 @@ class AttentionBlock(nn.Module):
     h = _group_norm(cfg, 'norm')(x).reshape(batch, height * width, channels)
     head_shape = (batch, height * width, cfg.num_heads, channels // cfg.num_heads)
     q, k, v = (_dense(channels, cfg, name)(h).reshape(head_shape) for name in ('q', 'k', 'v'))
+    # XLA:CPU lacks the float16 x float16 -> float32 dot that jax's attention asks for: attend in float32 there.
+    upcast = q.dtype == jnp.float16 and jax.default_backend() == 'cpu'
+    if upcast:
+      q, k, v = (a.astype(jnp.float32) for a in (q, k, v))
     # Default scale is head_dim**-0.5, the original's C**-0.5 when num_heads == 1.
     h = jax.nn.dot_product_attention(q, k, v, implementation=cfg.attention_impl)
+    h = h.astype(jnp.float16) if upcast else h
     h = h.reshape(batch, height, width, channels)
     return x + _dense(channels, cfg, 'proj_out', zero_init=True)(h)
+
+
+# nn.remat keeps the explicit `name=` of each block, so the param tree is the same with or without it;
+# `train` (argument 3, counting self) is a Python bool and must stay static.
+_RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
+_RematAttentionBlock = nn.remat(AttentionBlock)
 
 
 class TimestepMLP(nn.Module):
@@ -218,9 +241,9 @@ class Encoder(nn.Module):
     last_level = len(cfg.channel_mults) - 1
     for level, channels in enumerate(cfg.level_channels()):
       for block in range(cfg.num_res_blocks):
-        h = ResBlock(channels, cfg, name=f'level{level}_res{block}')(skips[-1], temb, train)
+        h = cfg.res_block(channels, cfg, name=f'level{level}_res{block}')(skips[-1], temb, train)
         if h.shape[1] in cfg.attention_resolutions:
-          h = AttentionBlock(cfg, name=f'level{level}_attn{block}')(h)
+          h = cfg.attention_block(cfg, name=f'level{level}_attn{block}')(h)
         skips.append(h)
       if level != last_level:
         skips.append(_conv(channels, cfg, f'level{level}_downsample', stride=2)(skips[-1]))
@@ -240,9 +263,9 @@ class Decoder(nn.Module):
       channels = cfg.level_channels()[level]
       for block in range(cfg.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(channels, cfg, name=f'level{level}_res{block}')(h, temb, train)
+        h = cfg.res_block(channels, cfg, name=f'level{level}_res{block}')(h, temb, train)
         if h.shape[1] in cfg.attention_resolutions:
-          h = AttentionBlock(cfg, name=f'level{level}_attn{block}')(h)
+          h = cfg.attention_block(cfg, name=f'level{level}_attn{block}')(h)
       if level != 0:
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
         h = _conv(channels, cfg, f'level{level}_upsample')(h)
@@ -259,9 +282,9 @@ class UNet(nn.Module):
     cfg = self.config
     temb = TimestepMLP(cfg, name='temb')(t)
     skips = Encoder(cfg, name='down')(x, temb, train)
-    h = ResBlock(skips[-1].shape[-1], cfg, name='mid_res1')(skips[-1], temb, train)
-    h = AttentionBlock(cfg, name='mid_attn')(h)
-    h = ResBlock(h.shape[-1], cfg, name='mid_res2')(h, temb, train)
+    h = cfg.res_block(skips[-1].shape[-1], cfg, name='mid_res1')(skips[-1], temb, train)
+    h = cfg.attention_block(cfg, name='mid_attn')(h)
+    h = cfg.res_block(h.shape[-1], cfg, name='mid_res2')(h, temb, train)
     h = Decoder(cfg, name='up')(h, skips, temb, train)
     h = nn.silu(_group_norm(cfg, 'norm_out')(h))
     h = _conv(x.shape[-1], cfg, 'conv_out', zero_init=True)(h)
