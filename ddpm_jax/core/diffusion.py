@@ -1,4 +1,4 @@
-"""The diffusion math: forward noising, training losses, DDPM and DDIM reverse steps, the sampler.
+"""The diffusion math: forward noising, training losses, DDPM, DDIM and DPM-Solver++(2M) steps, the sampler.
 
 Pure: imports only jax and numpy. Every function takes the Schedule explicitly and
 draws no randomness of its own; noise and keys come in as arguments.
@@ -14,8 +14,10 @@ from ddpm_jax.core.schedules import Schedule
 
 LOSSES = ('mse', 'mae', 'huber')
 PREDICTIONS = ('eps', 'x0', 'v')
-SAMPLERS = ('ddpm', 'ddim')
+SAMPLERS = ('ddpm', 'ddim', 'dpmpp_2m')
 VARIANCES = ('beta_tilde', 'beta')
+TIMESTEP_SPACINGS = ('leading', 'linspace', 'trailing')
+LOSS_WEIGHTINGS = ('none', 'min_snr')
 
 
 def check_choice(kind: str, value, valid) -> None:
@@ -97,13 +99,42 @@ def elementwise_loss(output, target, loss, huber_delta=1.0):
   raise ValueError(f'unknown loss {loss!r}; valid: {", ".join(LOSSES)}')
 
 
+def signal_to_noise(schedule: Schedule, t) -> jnp.ndarray:
+  """Returns SNR_t = alpha_bar_t / (1 - alpha_bar_t) at each t, from the schedule's float64-derived square roots."""
+  return jnp.square(schedule.sqrt_alphas_cumprod[t] / schedule.sqrt_one_minus_alphas_cumprod[t])
+
+
+def min_snr_weights(schedule: Schedule, t, prediction, gamma=5.0) -> jnp.ndarray:
+  """Returns Min-SNR-gamma's per-example loss weights (Hang et al. 2023) for a model of the given prediction type.
+
+  Each equals min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v.
+  """
+  snr = signal_to_noise(schedule, t)
+  if prediction == 'eps':
+    return jnp.minimum(1.0, gamma / snr)  # min(SNR, gamma) / SNR, but 1 rather than 0/0 where SNR = 0
+  if prediction == 'x0':
+    return jnp.minimum(snr, gamma)
+  if prediction == 'v':
+    return jnp.minimum(snr, gamma) / (snr + 1.0)
+  raise ValueError(f'unknown prediction {prediction!r}; valid: {", ".join(PREDICTIONS)}')
+
+
 def loss_fn(model_fn: Callable, schedule: Schedule, x0, t, noise, *, loss='mse', prediction='eps',
-            huber_delta=1.0):
-  """Returns the mean training loss of model_fn(x_t, t) against its prediction target."""
+            huber_delta=1.0, loss_weighting='none', min_snr_gamma=5.0):
+  """Returns the mean training loss of model_fn(x_t, t) against its prediction target.
+
+  loss_weighting='min_snr' averages each example's loss over its pixels, weights it by
+  `min_snr_weights(..., min_snr_gamma)`, then averages over the batch.
+  """
+  check_choice('loss_weighting', loss_weighting, LOSS_WEIGHTINGS)
   x_t = q_sample(schedule, x0, t, noise)
   output = model_fn(x_t, t)
   target = from_x0_eps(schedule, x0, noise, t, prediction)
-  return jnp.mean(elementwise_loss(output.astype(jnp.float32), target, loss, huber_delta))
+  elementwise = elementwise_loss(output.astype(jnp.float32), target, loss, huber_delta)
+  if loss_weighting == 'none':
+    return jnp.mean(elementwise)  # one mean over every element: the loss bit for bit as before weighting existed
+  per_example = jnp.mean(elementwise, axis=tuple(range(1, elementwise.ndim)))
+  return jnp.mean(min_snr_weights(schedule, t, prediction, min_snr_gamma) * per_example)
 
 
 def _predict_x0_eps(schedule, model_output, t, x_t, prediction, clip_denoised):
@@ -132,13 +163,24 @@ def ddpm_step(schedule: Schedule, model_output, t, x_t, noise, *, variance='beta
   return mean + nonzero * jnp.exp(0.5 * log_variance) * noise
 
 
+def _signal_noise_prev(schedule, t_prev, ndim):
+  """Returns (sqrt(alpha_bar), sqrt(1 - alpha_bar)) at t_prev, and (1, 0) where t_prev < 0: the clean image."""
+  t_prev = jnp.asarray(t_prev, jnp.int32)
+  index = jnp.where(t_prev >= 0, t_prev, schedule.num_timesteps)
+  return (extract(jnp.append(schedule.sqrt_alphas_cumprod, 1.0), index, ndim),
+          extract(jnp.append(schedule.sqrt_one_minus_alphas_cumprod, 0.0), index, ndim))
+
+
 def ddim_step(schedule: Schedule, model_output, t, t_prev, x_t, noise, *, eta=0.0,
               clip_denoised=True, prediction='eps'):
-  """Returns x_{t_prev} from one DDIM step (Song et al. 2021); t_prev < 0 means the clean image."""
+  """Returns x_{t_prev} from one DDIM step (Song et al. 2021); t_prev < 0 means the clean image.
+
+  Past the last step alpha_bar_prev is 1 (diffusers' set_alpha_to_one=True): the last step
+  returns the predicted x0 itself (plus sigma * noise when eta > 0).
+  """
   x0, eps = _predict_x0_eps(schedule, model_output, t, x_t, prediction, clip_denoised)
   alpha_bar = extract(schedule.alphas_cumprod, t, x_t.ndim)
   t_prev = jnp.asarray(t_prev, jnp.int32)
-  # Past the last step the signal level is 1: the clean image.
   alphas_cumprod_ext = jnp.append(schedule.alphas_cumprod, 1.0)
   alpha_bar_prev = extract(alphas_cumprod_ext, jnp.where(t_prev >= 0, t_prev, schedule.num_timesteps),
                            x_t.ndim)
@@ -147,60 +189,135 @@ def ddim_step(schedule: Schedule, model_output, t, t_prev, x_t, noise, *, eta=0.
   return jnp.sqrt(alpha_bar_prev) * x0 + direction + sigma * noise
 
 
-def sampling_timesteps(num_timesteps: int, sampler: str, num_steps=None):
-  """Returns (t, t_prev) int32 arrays of the reverse process, from noisiest to cleanest."""
+def dpmpp_2m_step(schedule: Schedule, model_output, t, t_prev, x_t, x0_last, h_last, *, clip_denoised=True,
+                  prediction='eps'):
+  """Returns (x_{t_prev}, x0, h): one DPM-Solver++(2M) step (Lu et al. 2022) and what the next step needs.
+
+  x0 is this step's data prediction (clipped to [-1, 1] if asked) and h its step in
+  log-SNR lambda = log(alpha / sigma). x0_last and h_last are the previous step's; h_last = inf
+  (no previous step) makes this a first-order step, as is the last one (t_prev < 0, where
+  sigma = 0: diffusers' final_sigmas_type='zero'), which returns x0.
+  """
+  x0 = to_x0(schedule, model_output, x_t, t, prediction)
+  if clip_denoised:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+  alpha, sigma = _signal_noise(schedule, t, x_t.ndim)
+  alpha_prev, sigma_prev = _signal_noise_prev(schedule, t_prev, x_t.ndim)
+  # lambda is -inf where alpha_bar = 0 (zero terminal SNR) and +inf at the clean image, so h is
+  # infinite at such a step and h_last after it: the where keeps both out of the update.
+  h = (jnp.log(alpha_prev) - jnp.log(sigma_prev)) - (jnp.log(alpha) - jnp.log(sigma))
+  second_order = broadcast_to_rank(jnp.asarray(t_prev) >= 0, x_t.ndim) & jnp.isfinite(h_last)
+  ratio = jnp.where(second_order, h / h_last, 0.0)  # diffusers' 1 / r0
+  data = x0 + 0.5 * ratio * (x0 - x0_last)  # D0 + D1 / 2 of the midpoint solver
+  # diffusers' (sigma_prev / sigma) x - alpha_prev (exp(-h) - 1) D, written without exp(-h), which is
+  # alpha sigma_prev / (sigma alpha_prev) and so finite at alpha = 0 and at sigma_prev = 0.
+  return sigma_prev / sigma * (x_t - alpha * data) + alpha_prev * data, x0, h
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
+  """Returns DDIM's num_steps timesteps, noisiest first, as diffusers' DDIMScheduler.set_timesteps spaces them.
+
+  leading: multiples of T // n from 0 (the DDIM paper's; the first step may start well below T-1);
+  linspace: n evenly spaced from 0 to T-1, rounded; trailing: T - 1 - multiples of T / n, rounded,
+  so the first step starts from pure noise at T-1 (Lin et al. 2023). leading and linspace put
+  the lone step of n = 1 at t = 0.
+  """
+  check_choice('timestep_spacing', spacing, TIMESTEP_SPACINGS)
+  if spacing == 'leading':
+    return np.arange(num_steps)[::-1] * (num_timesteps // num_steps)
+  if spacing == 'linspace':
+    return np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
+  # np.arange as diffusers calls it (its rounding at ties is what makes the values equal); it
+  # sometimes yields n + 1 values, the last one past the end, which diffusers then runs as t = -1.
+  return np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps))[:num_steps] - 1
+
+
+def dpm_solver_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+  """Returns DPM-Solver++'s num_steps timesteps, noisiest first: DPMSolverMultistepScheduler's default spacing.
+
+  That is n + 1 points evenly spaced from 0 to T-1, rounded, less the last (t = 0): the
+  final step goes from the smallest of them straight to the clean image.
+  """
+  return np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1]
+
+
+def sampling_timesteps(num_timesteps: int, sampler: str, num_steps=None, spacing='leading'):
+  """Returns (t, t_prev) int32 arrays of the reverse process, from noisiest to cleanest; the last t_prev is -1.
+
+  spacing (leading | linspace | trailing) places ddim's steps; ddpm runs all T steps and
+  dpmpp_2m has its own spacing (`dpm_solver_timesteps`), so neither reads it.
+  """
   check_choice('sampler', sampler, SAMPLERS)
+  check_choice('timestep_spacing', spacing, TIMESTEP_SPACINGS)
   num_steps = num_timesteps if num_steps is None else int(num_steps)
   if sampler == 'ddpm' and num_steps != num_timesteps:
     raise ValueError(f'the ddpm sampler runs all {num_timesteps} steps, got num_steps={num_steps}; '
-                     f'use sampler=ddim for fewer steps')
-  if not 1 <= num_steps <= num_timesteps:
-    raise ValueError(f'num_steps={num_steps} is out of range; valid: 1..{num_timesteps}')
-  # Evenly spaced from T-1 down to 0: the first step starts from pure noise, and the last
-  # starts at t = 0, where the posterior mean of x0 barely shrinks its variance (ending at,
-  # say, t = 19 leaves DDIM's last jump to blur the samples).
-  ts = jnp.asarray(np.round(np.linspace(num_timesteps - 1, 0, num_steps)), jnp.int32)
-  t_prev = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
-  return ts, t_prev
+                     f'use sampler=ddim or dpmpp_2m for fewer steps')
+  # dpmpp_2m's n + 1 points would repeat a timestep (a zero step in lambda) beyond T - 1 steps.
+  most = num_timesteps - 1 if sampler == 'dpmpp_2m' else num_timesteps
+  if not 1 <= num_steps <= most:
+    raise ValueError(f'num_steps={num_steps} is out of range for {sampler}; valid: 1..{most}')
+  if sampler == 'dpmpp_2m':
+    ts = dpm_solver_timesteps(num_timesteps, num_steps)
+  else:  # every spacing gives ddpm's T-1, ..., 0
+    ts = ddim_timesteps(num_timesteps, num_steps, spacing)
+  ts = jnp.asarray(ts, jnp.int32)
+  return ts, jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
 
 
 def sample(denoise_fn: Callable, schedule: Schedule, rng, shape, *, sampler='ddpm', num_steps=None,
-           eta=0.0, variance='beta_tilde', clip_denoised=True, prediction='eps'):
+           eta=0.0, variance='beta_tilde', clip_denoised=True, prediction='eps', timestep_spacing='leading',
+           x_T=None):
   """Returns samples x_0 of the given shape from the reverse process driven by denoise_fn(x_t, t).
 
   The loop over timesteps is one `lax.scan` inside `jax.jit`. Pass a
   `jax.tree_util.Partial(apply_fn, params)` as denoise_fn to keep params traced
   (no recompilation when they change); a plain function is compiled once per object.
+  x_T, when given, replaces the starting noise drawn from rng (the steps' noise still comes from rng).
   """
   check_choice('sampler', sampler, SAMPLERS)
   check_choice('variance', variance, VARIANCES)
   check_choice('prediction', prediction, PREDICTIONS)
-  ts, t_prevs = sampling_timesteps(schedule.num_timesteps, sampler, num_steps)
+  ts, t_prevs = sampling_timesteps(schedule.num_timesteps, sampler, num_steps, timestep_spacing)
   if not isinstance(denoise_fn, jax.tree_util.Partial):
     denoise_fn = jax.tree_util.Partial(denoise_fn)
-  return _sample_scan(denoise_fn, schedule, rng, ts, t_prevs, eta, shape=tuple(shape), sampler=sampler,
-                      variance=variance, clip_denoised=clip_denoised, prediction=prediction)
-
-
-@functools.partial(jax.jit, static_argnames=('shape', 'sampler', 'variance', 'clip_denoised', 'prediction'))
-def _sample_scan(denoise_fn, schedule, rng, ts, t_prevs, eta, *, shape, sampler, variance, clip_denoised,
-                 prediction):
-  """Returns x_0 after scanning the reverse step over (ts, t_prevs), starting from N(0, I)."""
   init_key, loop_key = jax.random.split(rng)
-  x_T = jax.random.normal(init_key, shape, jnp.float32)
+  x_T = jax.random.normal(init_key, tuple(shape), jnp.float32) if x_T is None else jnp.asarray(x_T, jnp.float32)
+  return _sample_scan(denoise_fn, schedule, x_T, loop_key, ts, t_prevs, eta, sampler=sampler, variance=variance,
+                      clip_denoised=clip_denoised, prediction=prediction)
 
-  def body(x_t, inputs):
+
+def _reverse_step(schedule, carry, output, t, t_prev, noise, *, sampler, eta, variance, clip_denoised, prediction):
+  """Returns the scan's carry after one step: (x_{t_prev}, the multistep history: dpmpp_2m's (x0, h), else ())."""
+  x_t, history = carry
+  if sampler == 'ddpm':
+    return ddpm_step(schedule, output, t, x_t, noise, variance=variance, clip_denoised=clip_denoised,
+                     prediction=prediction), history
+  if sampler == 'ddim':
+    return ddim_step(schedule, output, t, t_prev, x_t, noise, eta=eta, clip_denoised=clip_denoised,
+                     prediction=prediction), history
+  x_prev, x0, h = dpmpp_2m_step(schedule, output, t, t_prev, x_t, *history, clip_denoised=clip_denoised,
+                                prediction=prediction)
+  return x_prev, (x0, h)
+
+
+@functools.partial(jax.jit, static_argnames=('sampler', 'variance', 'clip_denoised', 'prediction'))
+def _sample_scan(denoise_fn, schedule, x_T, loop_key, ts, t_prevs, eta, *, sampler, variance, clip_denoised,
+                 prediction):
+  """Returns x_0 after scanning the reverse step over (ts, t_prevs), starting from x_T."""
+  shape = x_T.shape
+  batch = (shape[0],)
+  # dpmpp_2m's history starts empty: h_last = inf makes its first step first-order.
+  history = (jnp.zeros_like(x_T), jnp.full(batch + (1,) * (len(shape) - 1), jnp.inf)) if sampler == 'dpmpp_2m' else ()
+
+  def body(carry, inputs):
     index, t, t_prev = inputs
     noise = jax.random.normal(jax.random.fold_in(loop_key, index), shape, jnp.float32)
-    t_batch = jnp.full((shape[0],), t, jnp.int32)
-    output = denoise_fn(x_t, t_batch).astype(jnp.float32)
-    if sampler == 'ddpm':
-      x_prev = ddpm_step(schedule, output, t_batch, x_t, noise, variance=variance,
-                         clip_denoised=clip_denoised, prediction=prediction)
-    else:
-      x_prev = ddim_step(schedule, output, t_batch, jnp.full((shape[0],), t_prev, jnp.int32), x_t, noise,
-                         eta=eta, clip_denoised=clip_denoised, prediction=prediction)
-    return x_prev, None
+    t_batch = jnp.full(batch, t, jnp.int32)
+    output = denoise_fn(carry[0], t_batch).astype(jnp.float32)
+    return _reverse_step(schedule, carry, output, t_batch, jnp.full(batch, t_prev, jnp.int32), noise,
+                         sampler=sampler, eta=eta, variance=variance, clip_denoised=clip_denoised,
+                         prediction=prediction), None
 
-  x_0, _ = jax.lax.scan(body, x_T, (jnp.arange(ts.shape[0]), ts, t_prevs))
+  (x_0, _), _ = jax.lax.scan(body, (x_T, history), (jnp.arange(ts.shape[0]), ts, t_prevs))
   return x_0

@@ -16,11 +16,12 @@ from ddpm_jax.core.schedules import Schedule
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
   """How to run the reverse process: what a config section (`config.sampling`) says."""
-  sampler: str  # ddpm | ddim
-  num_steps: int | None  # reverse steps (ddpm always takes all T)
+  sampler: str  # ddpm | ddim | dpmpp_2m
+  num_steps: int | None  # reverse steps (ddpm always takes all T; dpmpp_2m at most T-1)
   variance: str  # ddpm's variance: beta_tilde | beta
   eta: float  # ddim's stochasticity
-  clip_denoised: bool  # clip the predicted x0 to [-1, 1] at every step
+  clip_denoised: bool  # clip the predicted x0 to [-1, 1] at every step (dpmpp_2m: each data prediction it uses)
+  timestep_spacing: str = 'leading'  # ddim's steps: leading | linspace | trailing (ddpm, dpmpp_2m: their own)
 
   @classmethod
   def from_section(cls, section: Mapping) -> 'SamplerSettings':
@@ -48,7 +49,7 @@ def make_sample_fn(apply_fn: Callable, schedule: Schedule, settings: SamplerSett
     images = diffusion.sample(jax.tree_util.Partial(denoise, params), schedule, rng, shape,
                               sampler=settings.sampler, num_steps=settings.num_steps, eta=settings.eta,
                               variance=settings.variance, clip_denoised=settings.clip_denoised,
-                              prediction=prediction)
+                              prediction=prediction, timestep_spacing=settings.timestep_spacing)
     return images if mesh is None else jax.lax.with_sharding_constraint(images, sharding.replicated(mesh))
   return sample
 
@@ -83,7 +84,7 @@ class Sampler:
 
 def make_sampler(apply_fn: Callable, schedule: Schedule, section: Mapping, *, prediction: str, image_size: int,
                  mesh=None) -> Sampler:
-  """Returns the Sampler that a config section (sampler, num_steps, variance, eta, clip_denoised) describes."""
+  """Returns the Sampler that a config section (SamplerSettings' keys: sampler, num_steps, ...) describes."""
   settings = SamplerSettings.from_section(section)
   sample_fn = make_sample_fn(apply_fn, schedule, settings, prediction=prediction, mesh=mesh)
   return Sampler(settings, schedule.num_timesteps, image_size, jax.jit(sample_fn, static_argnums=2))
