@@ -43,6 +43,22 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
   return values
 
 
+def variant(diffusion: dict) -> str:
+  """Returns how a run's training departs from the study's ε-prediction, e.g. 'v, min-SNR γ=5'; '' where it doesn't.
+
+  config.json of runs from before these keys existed lacks them: those trained ε, unweighted, without offset.
+  """
+  prediction = diffusion.get('prediction', 'eps')
+  parts = [prediction] if prediction != 'eps' else []
+  if diffusion.get('loss_weighting', 'none') == 'min_snr':
+    parts.append(f'min-SNR γ={diffusion.get("min_snr_gamma", 5.0):g}')
+  if diffusion.get('zero_terminal_snr'):
+    parts.append('zero terminal SNR')
+  if diffusion.get('offset_noise'):
+    parts.append(f'offset noise {diffusion["offset_noise"]:g}')
+  return ', '.join(parts)
+
+
 def check_workdir(workdir: str) -> None:
   """Returns None; raises a one-line FileNotFoundError when workdir is no run's workdir."""
   if not os.path.isdir(workdir):

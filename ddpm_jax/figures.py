@@ -1,4 +1,4 @@
-"""The report's figures, each comparing the runs: loss curves, metrics, schedules, last sample grids."""
+"""The report's figures, each comparing the runs: loss curves, metrics, schedules, luminance, last sample grids."""
 import math
 
 import matplotlib
@@ -9,6 +9,7 @@ from PIL import Image
 
 from ddpm_jax import events
 from ddpm_jax.core import schedules
+from eval_bridge import artefacts  # numpy only
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 
@@ -74,12 +75,20 @@ def empty_panel(ax, message: str) -> None:
   ax.text(0.5, 0.5, message, ha='center', va='center', transform=ax.transAxes, color='gray')
 
 
+def loss_kind(run: events.Run) -> str:
+  """Returns the loss a run's curve measures, e.g. 'ε-MSE' or 'v-MSE, min-SNR γ=5': one scale per kind."""
+  d = run.config['diffusion']
+  prediction = {'eps': 'ε'}.get(d.get('prediction', 'eps'), d.get('prediction'))
+  weighting = f', min-SNR γ={d.get("min_snr_gamma", 5.0):g}' if d.get('loss_weighting') == 'min_snr' else ''
+  return f'{prediction}-{d["loss"].upper()}{weighting}'
+
+
 def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
-  """Writes the loss curves, one panel per loss function (MSE and MAE aren't on one scale).
+  """Writes the loss curves, one panel per loss (MSE and MAE, ε and v targets, weighted or not aren't on one scale).
 
   smoothing: the EMA window as a fraction of the longest run, the same number of steps for every run.
   """
-  kinds = sorted({run.config['diffusion']['loss'] for run in runs})
+  kinds = list(dict.fromkeys(loss_kind(run) for run in runs))  # in run order: the study's ε runs first
   fig, axes = new_figure(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
   colors = run_colors(runs)
   longest = max([max(run.scalars.get('loss', {0: 0})) for run in runs])
@@ -87,7 +96,7 @@ def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
   any_smoothing = any(smoothing_weight(steps, smoothing * longest) > 0 for steps, _, _ in curves.values())
   note = f'EMA over ~{smoothing * longest:,.0f} steps, raw faint' if any_smoothing else 'unsmoothed'
   for ax, kind in zip(axes[0], kinds):
-    names = [run.name for run in runs if run.config['diffusion']['loss'] == kind and run.name in curves]
+    names = [run.name for run in runs if loss_kind(run) == kind and run.name in curves]
     for name in names:
       steps, values, smoothed = curves[name]
       ax.plot(steps, values, color=colors[name], alpha=0.25, linewidth=0.8)
@@ -97,7 +106,7 @@ def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
       ax.legend()
     else:
       empty_panel(ax, 'no loss logged')
-    ax.set(title=f'ε-{kind.upper()} training loss ({note})', xlabel='training step', ylabel=f'{kind} loss')
+    ax.set(title=f'{kind} training loss ({note})', xlabel='training step', ylabel='loss')
     format_steps(ax)
     ax.grid(True, which='both', alpha=0.3)
   save(fig, path)
@@ -121,13 +130,19 @@ def plot_metrics(runs: list[events.Run], path: str) -> None:
   """Writes each metric panel (eval_bridge.metrics) against the training step; a star marks the best evaluation."""
   metrics = events.run_metrics(runs)
   ranked, panels = metrics_lib.ranking(metrics), [panel for m in metrics for panel in m.panels]
-  fig, axes = new_figure(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+  # At most 4 panels a row: the artefact, IS and PR metrics bring up to 10 panels, too wide for one row.
+  columns = min(len(panels), 4)
+  rows = math.ceil(len(panels) / columns)
+  fig, axes = new_figure(rows, columns, figsize=(6 * columns, 4.5 * rows), squeeze=False)
+  axes = axes.ravel()
+  for ax in axes[len(panels):]:
+    ax.set_axis_off()
   colors = run_colors(runs)
   for run in runs:
     best = ranked.best(run.evals)
-    for ax, panel in zip(axes[0], panels):
+    for ax, panel in zip(axes, panels):
       plot_panel(ax, panel, run, colors[run.name], best if panel.key == ranked.keys[0] else None)
-  for ax, panel in zip(axes[0], panels):
+  for ax, panel in zip(axes, panels):
     ax.set(title=panel.title, xlabel='training step', ylabel=panel.title.split(' ')[0])
     format_steps(ax)
     ax.grid(True, alpha=0.3)
@@ -138,25 +153,39 @@ def plot_metrics(runs: list[events.Run], path: str) -> None:
   save(fig, path)
 
 
-def schedule_groups(runs: list[events.Run]) -> dict[tuple[str, int], list[str]]:
-  """Returns {(schedule, T): run names}, so runs sharing a schedule share a curve."""
+def schedule_key(diffusion: dict) -> tuple:
+  """Returns what fixes a run's schedule: name, T, zero terminal SNR and (schedule='trained') the betas."""
+  betas = tuple(diffusion.get('trained_betas') or ()) if diffusion['schedule'] == 'trained' else ()
+  return diffusion['schedule'], diffusion['num_timesteps'], bool(diffusion.get('zero_terminal_snr')), betas
+
+
+def make_schedule(key: tuple) -> schedules.Schedule:
+  """Returns the schedule of a schedule_key, as training made it (components.make_schedule, without the config)."""
+  name, length, zero_terminal_snr, betas = key
+  if name != 'trained':
+    return schedules.make_schedule(name, length, zero_terminal_snr=zero_terminal_snr)
+  betas = np.asarray(betas, np.float64)
+  return schedules.schedule_from_betas(schedules.rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
+
+
+def schedule_groups(runs: list[events.Run]) -> dict[tuple, list[str]]:
+  """Returns {schedule_key: run names}, so runs sharing a schedule share a curve."""
   groups = {}
   for run in runs:
-    d = run.config['diffusion']
-    groups.setdefault((d['schedule'], d['num_timesteps']), []).append(run.name)
+    groups.setdefault(schedule_key(run.config['diffusion']), []).append(run.name)
   return groups
 
 
 def plot_schedules(runs: list[events.Run], path: str) -> None:
   """Writes β_t (log scale) and ᾱ_t of each run's schedule; runs with the same schedule share a curve."""
   groups = schedule_groups(runs)
-  same_length = len({length for _, length in groups}) == 1
+  same_length = len({key[1] for key in groups}) == 1
   fig, (beta_ax, alpha_ax) = new_figure(1, 2, figsize=(14, 4.5))
   colors = run_colors(runs)
-  for (name, length), members in groups.items():
-    schedule = schedules.make_schedule(name, length)
+  for key, members in groups.items():
+    (name, length, zero_terminal_snr, _), schedule = key, make_schedule(key)
     t = np.arange(1, length + 1) if same_length else np.arange(1, length + 1) / length
-    label = f'{name}, T={length}: {", ".join(members)}'
+    label = f'{name}{" (zero terminal SNR)" if zero_terminal_snr else ""}, T={length}: {", ".join(members)}'
     beta_ax.plot(t, np.asarray(schedule.betas), color=colors[members[0]], label=label)
     alpha_ax.plot(t, np.asarray(schedule.alphas_cumprod), color=colors[members[0]], label=label)
   xlabel = 'timestep t' if same_length else 't / T'
@@ -164,6 +193,49 @@ def plot_schedules(runs: list[events.Run], path: str) -> None:
   alpha_ax.set(title='ᾱ_t (signal left after t steps)', xlabel=xlabel, ylabel='ᾱ_t', ylim=(-0.02, 1.02))
   for ax in (beta_ax, alpha_ax):
     ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize='small')
+  save(fig, path)
+
+
+def last_histogram(run: events.Run) -> dict | None:
+  """Returns the run's last evaluation holding luminance histograms (the artefacts plug-in's), or None."""
+  for evaluation in reversed(run.evals):
+    histogram = evaluation.get(artefacts.HISTOGRAM)
+    if isinstance(histogram, dict) and len(histogram.get('samples', ())) == len(histogram.get('reference', ())) > 0:
+      return evaluation
+  return None
+
+
+def plot_histogram(ax, histogram: dict, color) -> None:
+  """Draws the reference's share of images per luminance bin (grey, filled) and the samples' (the run's colour)."""
+  edges = np.linspace(*histogram.get('range', (0, 255)), len(histogram['samples']) + 1)
+  for part, style in (('reference', dict(fill=True, color='0.8')), ('samples', dict(color=color, linewidth=2))):
+    counts = np.asarray(histogram[part], np.float64)
+    ax.stairs(counts / max(counts.sum(), 1.0), edges, label=f'{part} (n={counts.sum():,.0f})', **style)
+  ax.axvline(artefacts.DARK_LUMINANCE, color='gray', linestyle='--', linewidth=1,
+             label=f'dark: under {artefacts.DARK_LUMINANCE:g}')
+
+
+def plot_luminance(runs: list[events.Run], path: str) -> None:
+  """Writes each run's last per-image mean luminance histogram against the reference's (at most 3 panels a row).
+
+  A run without histograms (no artefacts metric, or evaluated before it had them) has no panel.
+  """
+  shown = [(run, evaluation) for run in runs if (evaluation := last_histogram(run)) is not None]
+  columns = min(max(len(shown), 1), 3)
+  rows = math.ceil(max(len(shown), 1) / columns)
+  fig, axes = new_figure(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+  for ax in axes.flat[len(shown):]:
+    ax.set_axis_off()
+  if not shown:
+    empty_panel(axes[0, 0], 'no evaluation has luminance histograms\n(eval.metrics with artefacts)')
+  colors = run_colors(runs)
+  for ax, (run, evaluation) in zip(axes.flat, shown):
+    plot_histogram(ax, evaluation[artefacts.HISTOGRAM], colors[run.name])
+    gaps = ', '.join(f'{c.header} {c.cell(evaluation, "—")}' for c in metrics_lib.get('artefacts').columns[::2])
+    ax.set(title=f'{run.name}, step {evaluation["step"]:,}\n{gaps}', xlabel='mean luminance of an image (0-255)',
+           ylabel='share of images', xlim=tuple(evaluation[artefacts.HISTOGRAM].get('range', (0, 255))))
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize='small')
   save(fig, path)
 

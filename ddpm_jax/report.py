@@ -1,9 +1,10 @@
-"""Run workdirs → a table of metrics and four figures that compare the runs.
+"""Run workdirs → a table of metrics and five figures that compare the runs.
 
   python -m ddpm_jax.report --workdirs runs/study/* --out reports/study
 
 Reads each workdir's config.json, event files (loss), eval/step_<N>.json (the metric plug-ins of eval.metrics,
-eval_bridge/metrics/) and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png, samples.png.
+eval_bridge/metrics/) and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png,
+luminance.png, samples.png.
 """
 import argparse
 import functools
@@ -19,7 +20,7 @@ from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 MISSING = '—'
-FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'samples.png')
+FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'luminance.png', 'samples.png')
 
 
 def run_names(workdirs: list[str]) -> list[str]:
@@ -61,12 +62,18 @@ def trained_steps(run: events.Run) -> str:
   return f'{last:,} / {run.config["training"]["num_steps"]:,}'
 
 
+def loss_cell(diffusion: dict) -> str:
+  """Returns the loss, with how the run departs from the study's ε-prediction: 'mse' or 'mse (v, min-SNR γ=5)'."""
+  variant = events.variant(diffusion)
+  return f'{diffusion["loss"]} ({variant})' if variant else diffusion['loss']
+
+
 def table_row(run: events.Run, metrics: list[type[metrics_lib.Metric]]) -> list[str]:
   """Returns the table cells of one run."""
   count, diffusion = param_count(run.config, run.name), run.config['diffusion']
   last, best = run.evals[-1] if run.evals else None, metrics_lib.ranking(metrics).best(run.evals)
   columns = [column for m in metrics for column in m.columns]
-  return [run.name, diffusion['schedule'], diffusion['loss'], trained_steps(run), f'{count:,}',
+  return [run.name, diffusion['schedule'], loss_cell(diffusion), trained_steps(run), f'{count:,}',
           f'{count * 4 / 1e6:.1f} MB', *eval_cells(last, columns), *eval_cells(best, columns)]
 
 
@@ -85,6 +92,8 @@ def table_markdown(runs: list[events.Run]) -> str:
   lines += ['| ' + ' | '.join(table_row(run, metrics)) + ' |' for run in runs]
   best = f'{"lowest" if ranked.lower_is_better else "highest"} {ranked.columns[0].header}'
   notes = ''.join(f'{m.note}; ' for m in metrics if m.note)
+  variants = any(events.variant(run.config['diffusion']) for run in runs)
+  notes += 'loss (…) = what the run changes of the study\'s ε-prediction training; ' if variants else ''
   lines += ['', f'last = the last evaluated step; best = the evaluated step with the {best}; n = generated samples '
             f'per evaluation; {notes}{MISSING} = not evaluated.']
   settings = sorted(set().union(*(eval_settings(run) for run in runs)))
@@ -96,7 +105,7 @@ def table_markdown(runs: list[events.Run]) -> str:
 
 
 def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list[str]:
-  """Writes table.md and the four figures of the workdirs' runs into out; returns their paths."""
+  """Writes table.md and the five figures of the workdirs' runs into out; returns their paths."""
   for workdir in workdirs:  # every bad workdir is reported before any slow reading
     events.check_workdir(workdir)
   runs = [events.read_run(w, name) for w, name in zip(workdirs, run_names(workdirs))]
@@ -104,12 +113,13 @@ def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list
   table = os.path.join(out, 'table.md')
   with open(table, 'w') as f:
     f.write(table_markdown(runs))
-  loss, metrics, schedule, samples = (os.path.join(out, name) for name in FIGURES)
+  loss, metrics, schedule, luminance, samples = paths = [os.path.join(out, name) for name in FIGURES]
   figures.plot_loss(runs, loss, smoothing)
   figures.plot_metrics(runs, metrics)
   figures.plot_schedules(runs, schedule)
+  figures.plot_luminance(runs, luminance)
   figures.plot_samples(runs, samples)
-  return [table, loss, metrics, schedule, samples]
+  return [table, *paths]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -2,8 +2,9 @@
 
 One `Evaluator` per evaluation round: `update` it with each batch of generated
 images as they are sampled, then read `result()`. The plug-ins (eval_bridge/metrics/)
-keep only what they need: Inception features (2048 floats per image, computed
-once per batch for FID and KID together) and a bounded reservoir for MS-SSIM.
+keep only what they need: Inception features and logits (computed once per batch
+for FID, KID, IS and PR together), a few statistics per image for the artefact
+metrics and a bounded reservoir for MS-SSIM.
 """
 from typing import Callable
 
@@ -20,7 +21,8 @@ class Evaluator:
   Args:
     extractor: `fidelity.load_inception(...)`; may be None when no chosen metric needs it.
     reference: the reference set, or a zero-argument callable returning it, called
-      only if a chosen metric needs it (FID, KID).
+      only if a chosen metric needs it (FID, KID, PR: its features; artefacts: its
+      image statistics).
     metrics: names of plug-ins (`eval_bridge.metrics.REGISTRY`).
     ms_ssim_pairs, ms_ssim_images: MS-SSIM's random pairs and reservoir size.
     kid_subsets, seed: KID's subsets and the seed of every random draw.
@@ -62,5 +64,9 @@ class Evaluator:
       result.update(metric.result())
     result['num_samples'] = self._num_samples
     if self.context.reference_used:
-      result['num_reference'] = len(self.context.reference().features)
+      result['num_reference'] = self.context.reference().count
     return result
+
+  def settings(self) -> dict[str, dict]:
+    """Returns {metric name: the settings its result used} (JSON-ready), for the evaluation's record; after result()."""
+    return {metric.name: metric.settings() for metric in self._metrics}

@@ -1,23 +1,30 @@
-"""Inception features, streamed, and FID/KID from them with torch-fidelity's own functions.
+"""Inception features, streamed, and FID/KID/IS/PR from them with torch-fidelity's own functions.
 
 Samples stream: `FeatureAccumulator` takes uint8 NCHW batches, runs torch-fidelity's
-`inception-v3-compat` extractor and keeps only the 2048-d pool features, never the
-images. FID and KID are then computed from features by torch-fidelity's
-`fid_features_to_statistics` / `fid_statistics_to_metric` / `kid_features_to_metric`,
-so the numbers are torch-fidelity's.
+`inception-v3-compat` extractor once and keeps only the 2048-d pool features and the
+1008 class logits, never the images. FID, KID, Inception Score and precision/recall
+are then computed from those by torch-fidelity's `fid_features_to_statistics` /
+`fid_statistics_to_metric` / `kid_features_to_metric` / `isc_features_to_metric` /
+`prc_features_to_metric`, so the numbers are torch-fidelity's.
 """
+import contextlib
 import os
 
 import numpy as np
 import torch
 from torch_fidelity import feature_extractor_inceptionv3
 from torch_fidelity import metric_fid
+from torch_fidelity import metric_isc
 from torch_fidelity import metric_kid
+from torch_fidelity import metric_prc
 import tqdm
 
 EXTRACTOR_NAME = 'inception-v3-compat'
 FEATURE_LAYER = '2048'
 FEATURE_DIM = 2048
+LOGITS_LAYER = 'logits_unbiased'  # torch-fidelity's Inception Score layer: the class logits without the fc bias
+ISC_SPLITS = 10  # torch-fidelity's default, lowered to fit small sample counts
+PRC_NEIGHBORHOOD = 3  # torch-fidelity's k (Kynkäänniemi et al. 2019)
 MAX_KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small sample counts
 INCEPTION_URL = feature_extractor_inceptionv3.URL_INCEPTION_V3
 _FIX = 'or eval.every_steps=0 to turn evaluation off'
@@ -29,7 +36,7 @@ def default_device() -> torch.device:
 
 
 def load_inception(weights_path: str = '', device='cpu', progress: bool = False):
-  """Returns torch-fidelity's Inception extractor of 2048-d features, in eval mode on `device`.
+  """Returns torch-fidelity's Inception extractor of (2048-d features, logits), in eval mode on `device`.
 
   Args:
     weights_path: a weights file (config `eval.inception_weights`); '' downloads
@@ -38,7 +45,7 @@ def load_inception(weights_path: str = '', device='cpu', progress: bool = False)
     progress: show the download's progress bar.
   """
   extractor = feature_extractor_inceptionv3.FeatureExtractorInceptionV3(
-      EXTRACTOR_NAME, [FEATURE_LAYER], feature_extractor_weights_path=weights_path or None,
+      EXTRACTOR_NAME, [FEATURE_LAYER, LOGITS_LAYER], feature_extractor_weights_path=weights_path or None,
       verbose=progress)
   return extractor.to(device).eval()
 
@@ -93,7 +100,7 @@ def check_uint8_nchw(images: torch.Tensor) -> None:
 
 
 class FeatureAccumulator:
-  """Streams uint8 NCHW batches through Inception and keeps only their 2048-d features."""
+  """Streams uint8 NCHW batches through Inception and keeps only their 2048-d features (and logits, if given)."""
 
   def __init__(self, extractor, *, batch_size: int = 64, total: int | None = None,
                progress: bool = True, desc: str = 'Inception features'):
@@ -101,6 +108,7 @@ class FeatureAccumulator:
     self._device = next(extractor.parameters()).device
     self._batch_size = batch_size
     self._chunks: list[np.ndarray] = []
+    self._logits: list[np.ndarray] = []
     self._bar = tqdm.tqdm(total=total, disable=not progress, unit='img', desc=desc, leave=False)
 
   def update(self, images: torch.Tensor) -> None:
@@ -110,8 +118,10 @@ class FeatureAccumulator:
     images = images.expand(-1, 3, -1, -1)
     with torch.inference_mode():
       for chunk in torch.split(images, self._batch_size):
-        (features,) = self._extractor(chunk.to(self._device))
+        features, *logits = self._extractor(chunk.to(self._device))
         self._chunks.append(features.cpu().numpy().astype(np.float64))
+        if logits:  # float32, as the extractor gives them: 1008 per image
+          self._logits.append(logits[0].cpu().numpy())
         self._bar.update(len(chunk))
 
   @property
@@ -126,10 +136,17 @@ class FeatureAccumulator:
       return np.zeros((0, FEATURE_DIM), np.float64)
     return np.concatenate(self._chunks)
 
+  def logits(self) -> np.ndarray:
+    """Returns the float32 logits of every image seen, [num_images, classes]; ValueError if the extractor gave none."""
+    if len(self._logits) != len(self._chunks) or not self._logits:
+      raise ValueError(f'the Inception extractor gave no logits ({LOGITS_LAYER!r}); the Inception Score needs them: '
+                       'load it with fidelity.load_inception')
+    return np.concatenate(self._logits)
 
-def _check_features(name: str, features: np.ndarray, minimum: int = 2) -> None:
+
+def _check_features(name: str, features: np.ndarray, minimum: int = 2, metrics: str = 'FID and KID') -> None:
   if features.ndim != 2 or len(features) < minimum:
-    raise ValueError(f'{name} features have shape {features.shape}; FID and KID need at least '
+    raise ValueError(f'{name} features have shape {features.shape}; {metrics} need at least '
                      f'{minimum} rows of features')
 
 
@@ -173,3 +190,44 @@ def kid(generated: np.ndarray, reference: np.ndarray, *, subsets: int = 100,
   return {'kid_mean': float(result[metric_kid.KEY_METRIC_KID_MEAN]),
           'kid_std': float(result[metric_kid.KEY_METRIC_KID_STD]),
           'kid_subset_size': subset_size}
+
+
+def isc(logits: np.ndarray, *, splits: int = ISC_SPLITS, seed: int = 0) -> dict[str, float]:
+  """Returns {'is_mean', 'is_std'}: torch-fidelity's Inception Score of logits [n, classes], over `splits` splits.
+
+  The splits are at most n (an empty split is no score); samples are shuffled from `seed` first.
+  """
+  logits = torch.from_numpy(np.asarray(logits))
+  if logits.ndim != 2 or not len(logits):
+    raise ValueError(f'the Inception Score needs logits [n >= 1, classes], got shape {tuple(logits.shape)}')
+  result = metric_isc.isc_features_to_metric(logits, splits=min(splits, len(logits)), shuffle=True, rng_seed=seed)
+  return {'is_mean': result[metric_isc.KEY_METRIC_ISC_MEAN], 'is_std': result[metric_isc.KEY_METRIC_ISC_STD]}
+
+
+def precision_recall(generated: np.ndarray, reference: np.ndarray, *, neighborhood: int = PRC_NEIGHBORHOOD,
+                     device='cpu') -> dict[str, float]:
+  """Returns {'precision', 'recall'}: torch-fidelity's k-NN precision and recall of generated vs reference features."""
+  for name, features in (('generated', generated), ('reference', reference)):
+    _check_features(name, np.asarray(features), neighborhood + 1, f'precision and recall (k={neighborhood})')
+  result = metric_prc.prc_features_to_metric(
+      torch.from_numpy(np.asarray(generated, np.float64)).to(device),
+      torch.from_numpy(np.asarray(reference, np.float64)).to(device), prc_neighborhood=neighborhood, verbose=False)
+  return {'precision': result[metric_prc.KEY_METRIC_PRECISION], 'recall': result[metric_prc.KEY_METRIC_RECALL]}
+
+
+@contextlib.contextmanager
+def full_float32():
+  """Yields with torch's TF32 off (cuDNN convolutions and CUDA matmuls) and matmul precision 'highest'; restores after.
+
+  Ampere and newer GPUs run float32 convolutions in TF32 by default (10-bit mantissa): FID then
+  moves in its second decimal. Papers' numbers come from full float32 Inception.
+  """
+  saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+  torch.backends.cudnn.allow_tf32 = False
+  torch.backends.cuda.matmul.allow_tf32 = False
+  torch.set_float32_matmul_precision('highest')
+  try:
+    yield
+  finally:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved[:2]
+    torch.set_float32_matmul_precision(saved[2])

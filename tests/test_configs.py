@@ -1,5 +1,6 @@
-"""The configs: each loads and validates, the study's six are three-key diffs of default, CIFAR-10's U-Net size;
-and scripts/run_study.sh, which trains the six and reports on them."""
+"""The configs: each loads and validates, the study's six are three-key diffs of default, the extended study's
+change only what they test of their base run, CIFAR-10's U-Net size; and scripts/run_study.sh, which trains the
+six (or, with --extended, the extended ones) and reports on them."""
 import functools
 import glob
 import importlib
@@ -17,7 +18,8 @@ from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                      if not p.endswith('__init__.py'))
+                      # These two read a workdir (test_main, test_convert).
+                      if not p.endswith(('__init__.py', 'workdir.py', 'cifar10_ddpm_paper.py')))
 # The study: three schedules and two losses on default's model and data; the two flagship runs train twice as long.
 STUDY = {
     'linear_mse': ('linear', 'mse', 300_000),
@@ -28,6 +30,16 @@ STUDY = {
     'sigmoid_mae': ('sigmoid', 'mae', 600_000),
 }
 STUDY_KEYS = {'diffusion.schedule', 'diffusion.loss', 'training.num_steps'}
+# The extended study (configs/ext_*.py): {name: (the study run it is compared with, what it sets)}, in the order
+# run_study.sh --extended trains them.
+EXTENDED = {
+    'ext_cosine_v': ('cosine_mse', {'diffusion.prediction': 'v'}),
+    'ext_cosine_v_min_snr': ('cosine_mse', {'diffusion.prediction': 'v', 'diffusion.loss_weighting': 'min_snr',
+                                            'diffusion.min_snr_gamma': 5.0}),
+    'ext_linear_zero_snr_v': ('linear_mse', {'diffusion.zero_terminal_snr': True, 'diffusion.prediction': 'v'}),
+    'ext_linear_offset': ('linear_mse', {'diffusion.offset_noise': 0.1}),
+    'ext_cosine_mae_offset': ('cosine_mae', {'diffusion.offset_noise': 0.1}),
+}
 
 
 def load(name: str):
@@ -50,6 +62,22 @@ def test_study_config_differs_from_default_only_in_schedule_loss_and_steps(name)
   changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
   assert changed <= STUDY_KEYS, f'{name} also changes {sorted(changed - STUDY_KEYS)}'
   assert tuple(config[key] for key in ('diffusion.schedule', 'diffusion.loss', 'training.num_steps')) == STUDY[name]
+
+
+def test_every_extended_config_is_listed():
+  assert set(EXTENDED) == {name for name in CONFIG_NAMES if name.startswith('ext_')}
+
+
+@pytest.mark.parametrize('name', sorted(EXTENDED))
+def test_extended_config_differs_from_its_base_run_only_in_what_it_tests(name):
+  base_name, sets = EXTENDED[name]
+  config, base = flatten(load(name).to_dict()), flatten(load(base_name).to_dict())
+  changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
+  assert changed <= set(sets), f'{name} also changes {sorted(changed - set(sets))}'
+  assert {key: config[key] for key in sets} == sets
+  assert changed, f'{name} is {base_name}'
+  doc = importlib.import_module(f'configs.{name}').__doc__
+  assert f'configs/{base_name}.py' in doc, f"{name}'s docstring does not name its base run"
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,14 +106,14 @@ def test_cifar10_config_has_the_papers_training_and_sampling():
   assert {key: config[key] for key in expected} == expected
 
 
-def run_study(tmp_path, fail_on: str = '', *args):
+def run_study(tmp_path, fail_on: str = '', *args, study_dir: str = 'S'):
   """Returns the finished scripts/run_study.sh with `python` stubbed to log its arguments, and the log's lines."""
   stub, log = tmp_path / 'bin', tmp_path / 'calls.log'
   stub.mkdir()
   (stub / 'python').write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n'
                                f'[[ -n "{fail_on}" && "$*" == *"{fail_on}"* ]] && exit 1\nexit 0\n')
   (stub / 'python').chmod(0o755)
-  env = dict(os.environ, PATH=f'{stub}:{os.environ["PATH"]}', STUDY_DIR='S', REPORT_DIR='R')
+  env = dict(os.environ, PATH=f'{stub}:{os.environ["PATH"]}', STUDY_DIR=study_dir, REPORT_DIR='R')
   result = subprocess.run(['bash', os.path.join(ROOT, 'scripts', 'run_study.sh'), *args], env=env,
                           capture_output=True, text=True, timeout=60)
   return result, log.read_text().splitlines()
@@ -104,6 +132,21 @@ def test_run_study_stops_at_a_failed_run(tmp_path):
   assert result.returncode != 0
   assert [call.split()[2] for call in calls] == ['--config=configs/linear_mse.py', '--config=configs/linear_mae.py',
                                                 '--config=configs/cosine_mse.py']
+
+
+def test_run_study_extended_trains_the_extended_configs_then_reports_on_every_run_present(tmp_path):
+  study = tmp_path / 'S'
+  for name in ('linear_mse', 'cosine_mae'):  # two of the six trained; the rest absent or never started
+    (study / name).mkdir(parents=True)
+    (study / name / 'config.json').write_text('{}')
+  (study / 'cosine_mse').mkdir()
+  result, calls = run_study(tmp_path, '', '--config.seed=3', '--extended', '--config.data.data_dir=/d',
+                            study_dir=str(study))
+  assert result.returncode == 0, result.stderr
+  assert calls[:-1] == [f'-m ddpm_jax.main --config=configs/{name}.py --workdir={study}/{name} --config.seed=3 '
+                        '--config.data.data_dir=/d' for name in EXTENDED]
+  reported = ['linear_mse', 'cosine_mae', *EXTENDED]
+  assert calls[-1] == '-m ddpm_jax.report --workdirs ' + ' '.join(f'{study}/{name}' for name in reported) + ' --out R'
 
 
 def test_cudnn_attention_without_a_gpu_is_a_config_error():

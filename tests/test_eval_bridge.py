@@ -14,6 +14,7 @@ import scipy.linalg
 import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
+from eval_bridge import artefacts
 from eval_bridge import convert
 from eval_bridge import evaluator
 from eval_bridge import fidelity
@@ -290,6 +291,32 @@ def test_reference_features_are_cached_and_loaded_without_the_extractor(tmp_path
   other_size = reference.reference_features(batches_of(images, 3), str(tmp_path), extractor=extractor,
                                             progress=False, **{**key, 'image_size': 32})
   assert extractor.calls == 6 and other_size.shape == first.shape
+
+
+def test_reference_set_caches_image_statistics_beside_the_features_reading_the_split_once(tmp_path):
+  images = smooth_images(9, 16, seed=13)
+  key = dict(dataset='d', split='s', image_size=16, count=7)
+  reads = []
+
+  def batches():
+    reads.append(1)
+    return iter(batches_of(images, 3))
+  extractor = FakeExtractor()
+  alone = reference.reference_set(batches, str(tmp_path), image_statistics=True, progress=False, **key)
+  assert alone.features is None and alone.count == 7 and extractor.calls == 0  # no extractor: no features
+  np.testing.assert_array_equal(alone.image_statistics, artefacts.per_image(nchw(images[:7]).numpy()))
+  assert reference.image_statistics_path(str(tmp_path), **key).endswith('d-s-16px-7-image-statistics.npz')
+  both = reference.reference_set(batches, str(tmp_path), extractor=extractor, image_statistics=True, progress=False,
+                                 **key)  # the statistics are cached: the one read computes the features alone
+  assert both.features.shape == (7, fidelity.FEATURE_DIM) and extractor.calls == 3 and len(reads) == 2
+  np.testing.assert_array_equal(both.image_statistics, alone.image_statistics)
+  again = reference.reference_set(batches, str(tmp_path), extractor=extractor, image_statistics=True, **key)
+  assert len(reads) == 2 and extractor.calls == 3  # both cached
+  np.testing.assert_array_equal(again.features, both.features)
+  fresh = reference.reference_set(batches, str(tmp_path / 'fresh'), extractor=extractor, image_statistics=True,
+                                  progress=False, **key)
+  assert len(reads) == 3 and extractor.calls == 6  # neither cached: one pass computes both
+  np.testing.assert_array_equal(fresh.image_statistics, alone.image_statistics)
 
 
 def test_reference_with_too_few_images_fails(tmp_path):

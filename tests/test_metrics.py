@@ -1,8 +1,9 @@
-"""The metric plug-ins (eval_bridge/metrics/) against torch-fidelity and torchmetrics, and the registry's reach.
+"""The metric plug-ins (eval_bridge/metrics/) against torch-fidelity, torchmetrics and closed forms; the registry's reach.
 
 Inception runs with random weights written by the test (no download); its 2048-d
 features are projected onto 6 fixed directions, because a 2048-d FID is an
-eigendecomposition of a 2048x2048 matrix (~10-30 s on a small CPU).
+eigendecomposition of a 2048x2048 matrix (~10-30 s on a small CPU). Where the
+answer is known only for chosen features or logits, an `Oracle` stands in for it.
 """
 import json
 import pkgutil
@@ -12,12 +13,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from torch_fidelity import metric_fid, metric_kid
+from torch_fidelity import metric_fid, metric_isc, metric_kid, metric_prc
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 import runs
 from ddpm_jax import events, evaluation, figures, report, validation
-from eval_bridge import evaluator, fidelity, metrics, ms_ssim, reference, testing
+from eval_bridge import artefacts, evaluator, fidelity, metrics, ms_ssim, reference, testing
 
 NUM_FEATURES = 6  # fewer than the samples: full-rank covariances, so FID is well conditioned
 
@@ -39,8 +40,8 @@ class Projected(torch.nn.Module):
     self.register_buffer('basis', basis)
 
   def forward(self, images):
-    (features,) = self.inception(images)
-    return (features @ self.basis,)
+    features, logits = self.inception(images)
+    return features @ self.basis, logits
 
 
 @pytest.fixture(scope='module')
@@ -62,10 +63,10 @@ def inception_calls(extractor):
   hook.remove()
 
 
-def direct_features(extractor, images: torch.Tensor) -> torch.Tensor:
-  """Returns the extractor's float64 features of the images, in one call."""
+def direct_features(extractor, images: torch.Tensor, output: int = 0) -> torch.Tensor:
+  """Returns the extractor's float64 features (output 0; 1: logits) of the images, in one call."""
   with torch.inference_mode():
-    return extractor(images)[0].double()
+    return extractor(images)[output].double()
 
 
 @pytest.fixture(scope='module')
@@ -83,10 +84,14 @@ def evaluate(extractor, ref, images: torch.Tensor, names, batch: int = 4, **opti
   return scorer.result()
 
 
+KNOWN = 'fid, kid, ms_ssim, artefacts, isc, prc'
+
+
 # The registry.
 
 def test_registry_holds_every_plugin_module_of_the_package():
-  assert {'fid', 'kid', 'ms_ssim'} <= set(metrics.REGISTRY) and metrics.DEFAULT == ('fid', 'kid', 'ms_ssim')
+  assert list(metrics.REGISTRY) == ['fid', 'kid', 'ms_ssim', 'artefacts', 'isc', 'prc']  # the default ones first
+  assert metrics.DEFAULT == ('fid', 'kid', 'ms_ssim')  # what runs evaluated before config.eval.metrics: fixed
   modules = {m.name for m in pkgutil.iter_modules(metrics.__path__) if not m.name.startswith('_')}
   assert {cls.__module__.rsplit('.', 1)[1] for cls in metrics.REGISTRY.values()} == modules
   assert metrics.required_keys(metrics.DEFAULT) == ('fid', 'kid_mean', 'kid_std', 'ms_ssim')
@@ -95,7 +100,7 @@ def test_registry_holds_every_plugin_module_of_the_package():
 def test_unknown_metric_is_one_line_listing_the_known():
   with pytest.raises(ValueError) as error:
     metrics.get('fdi')
-  assert str(error.value) == "unknown metric 'fdi'; known: fid, kid, ms_ssim"
+  assert str(error.value) == f"unknown metric 'fdi'; known: {KNOWN}"
   with pytest.raises(ValueError, match='^unknown metric'):
     evaluator.Evaluator(None, None, metrics=('ms_ssim', 'fdi'))
 
@@ -110,11 +115,20 @@ def test_the_registry_imports_without_torch():
 
 # Each plug-in against torch-fidelity and torchmetrics.
 
-def test_fid_and_kid_equal_torch_fidelitys_on_the_same_features(extractor, reference_set):
+def test_fid_kid_is_and_pr_equal_torch_fidelitys_on_the_same_features(extractor, reference_set):
   ref, ref_features = reference_set
   images = uint8_images(9, 16, seed=2)
-  result = evaluate(extractor, ref, images, ('fid', 'kid'), kid_subsets=5, seed=3)
-  features = direct_features(extractor, images)
+  scorer = evaluator.Evaluator(extractor, ref, metrics=('fid', 'kid', 'isc', 'prc'), kid_subsets=5, seed=3,
+                               progress=False)
+  for chunk in torch.split(images, 4):
+    scorer.update(chunk)
+  result = scorer.result()
+  features, logits = direct_features(extractor, images), direct_features(extractor, images, output=1)
+  isc = metric_isc.isc_features_to_metric(logits, splits=9, shuffle=True, rng_seed=3)  # 10 splits, fewer samples
+  np.testing.assert_allclose([result['is_mean'], result['is_std']],
+                             [isc[metric_isc.KEY_METRIC_ISC_MEAN], isc[metric_isc.KEY_METRIC_ISC_STD]], rtol=1e-5)
+  prc = metric_prc.prc_features_to_metric(features, ref_features, prc_neighborhood=3, verbose=False)
+  assert (result['precision'], result['recall']) == (prc['precision'], prc['recall'])
   fid = metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(features),
                                             metric_fid.fid_features_to_statistics(ref_features), verbose=False)
   kid = metric_kid.kid_features_to_metric(features, ref_features, kid_subsets=5, kid_subset_size=9, rng_seed=3,
@@ -124,6 +138,11 @@ def test_fid_and_kid_equal_torch_fidelitys_on_the_same_features(extractor, refer
   np.testing.assert_allclose(result['kid_std'], kid[metric_kid.KEY_METRIC_KID_STD], rtol=1e-6)
   assert (result['kid_subset_size'], result['num_samples'], result['num_reference']) == (9, 9, 10)
   assert 'ms_ssim' not in result
+  settings = scorer.settings()
+  assert settings['kid'] | settings['isc'] | settings['prc'] == {
+      'subsets': 5, 'subset_size': 9, 'seed': 3, 'kernel': 'poly', 'degree': 3, 'gamma': '1 / feature dim',
+      'coef0': 1, 'splits': 9, 'layer': 'logits_unbiased', 'neighborhood': 3, 'feature_layer': '2048'}
+  json.dumps(settings)  # evaluations record them in their JSON
 
 
 def torchmetrics_ms_ssim(images: torch.Tensor, others: torch.Tensor, first, second) -> float:
@@ -149,9 +168,9 @@ def test_ms_ssim_equals_torchmetrics_on_the_reservoir_and_against_reference_imag
 
 # What the plug-ins share, and what they leave alone.
 
-def test_fid_and_kid_run_inception_once_per_batch(extractor, reference_set, inception_calls):
+def test_fid_kid_is_and_pr_run_inception_once_per_batch(extractor, reference_set, inception_calls):
   images = uint8_images(6, 16, seed=6)
-  scorer = evaluator.Evaluator(extractor, reference_set[0], metrics=('fid', 'kid'), progress=False)
+  scorer = evaluator.Evaluator(extractor, reference_set[0], metrics=('fid', 'kid', 'isc', 'prc'), progress=False)
   for chunk in torch.split(images, 3):
     scorer.update(chunk)
   assert inception_calls == [3, 3]
@@ -185,7 +204,8 @@ def test_evaluation_with_ms_ssim_alone_loads_no_inception():
   state = components_lib.initial_state(config, components)
   result = run.evaluate(state.ema_params, state.rng)  # the reference needs Inception: it was not computed
   assert run.extractor is None and set(metrics.required_keys(('ms_ssim',))) <= set(result)
-  assert run.summary(4, result) == f'step 4: MS-SSIM {result["ms_ssim"]:.4f}  (n=4, ddim 3 steps, beta_tilde)'
+  # The sampler's settings after the count are evaluation's (tests/test_evaluation.py); the metrics' part is ours.
+  assert run.summary(4, result).startswith(f'step 4: MS-SSIM {result["ms_ssim"]:.4f}  (n=4, ddim 3 steps')
   with pytest.raises(ValueError, match="eval.inception_weights='/nowhere/weights.pth' does not exist"):
     evaluation.check_setup(tiny_config(every_steps=4, metrics=('kid',), inception_weights='/nowhere/weights.pth'))
 
@@ -195,14 +215,14 @@ def test_evaluation_with_ms_ssim_alone_loads_no_inception():
 def test_summary_line_of_the_default_metrics():
   result = {'fid': 12.3449, 'kid_mean': 0.01234, 'kid_std': 0.001, 'ms_ssim': 0.12341, 'num_samples': 8,
             'sampler': 'ddim', 'sampling_steps': 5, 'variance': 'beta_tilde'}
-  assert evaluation.summary(4, result) == \
-      'step 4: FID 12.34  KID 0.0123 ± 0.0010  MS-SSIM 0.1234  (n=8, ddim 5 steps, beta_tilde)'
+  assert evaluation.summary(4, result).startswith(
+      'step 4: FID 12.34  KID 0.0123 ± 0.0010  MS-SSIM 0.1234  (n=8, ddim 5 steps')
 
 
 @pytest.mark.parametrize('names, message', [
-    (('fdi',), "eval.metrics: unknown metric 'fdi'; known: fid, kid, ms_ssim"),
-    ((), 'eval.metrics: no metric chosen; known: fid, kid, ms_ssim'),
-    (('fid,kid',), "eval.metrics: unknown metric 'fid,kid'; known: fid, kid, ms_ssim (a tuple on the command line: "
+    (('fdi',), f"eval.metrics: unknown metric 'fdi'; known: {KNOWN}"),
+    ((), f'eval.metrics: no metric chosen; known: {KNOWN}'),
+    (('fid,kid',), f"eval.metrics: unknown metric 'fid,kid'; known: {KNOWN} (a tuple on the command line: "
                    "--config.eval.metrics=\"('fid', 'kid')\")"),
 ])
 def test_config_with_a_bad_metric_choice_is_a_one_line_error(names, message):
@@ -253,8 +273,8 @@ def test_a_registered_metric_reaches_evaluator_summary_events_and_report(brightn
   result = evaluate(None, None, images, ('brightness', 'ms_ssim'), ms_ssim_pairs=6)
   assert result['brightness'] == pytest.approx(images.numpy().mean())
   settings = {'sampler': 'ddim', 'sampling_steps': 5, 'variance': 'beta_tilde'}
-  assert evaluation.summary(2, {**result, **settings}, ('brightness', 'ms_ssim')) == (
-      f'step 2: MS-SSIM {result["ms_ssim"]:.4f}  bright {result["brightness"]:.1f}  (n=6, ddim 5 steps, beta_tilde)')
+  assert evaluation.summary(2, {**result, **settings}, ('brightness', 'ms_ssim')).startswith(
+      f'step 2: MS-SSIM {result["ms_ssim"]:.4f}  bright {result["brightness"]:.1f}  (n=6, ddim 5 steps')
 
   (tmp_path / 'eval').mkdir()
   (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
@@ -289,3 +309,146 @@ def test_events_require_the_keys_of_the_runs_metrics(tmp_path):
     events.read_evals(str(tmp_path), {'eval': {}})  # a config.json older than eval.metrics: the default three
   with pytest.raises(ValueError, match=r"config.json: eval.metrics: unknown metric 'gone'"):
     events.read_evals(str(tmp_path), {'eval': {'metrics': ['gone']}})
+
+
+# Inception Score and precision/recall on inputs whose answer is known.
+
+class Oracle(torch.nn.Module):
+  """Stands in for Inception with chosen outputs: features = channel means, logits = confidence × one-hot(pixel 0)."""
+
+  def __init__(self, confidence: float):
+    super().__init__()
+    self.confidence = confidence
+    self.anchor = torch.nn.Parameter(torch.zeros(1))  # unused: the Evaluator finds the device from a parameter
+
+  def forward(self, images):
+    logits = torch.nn.functional.one_hot(images[:, 0, 0, 0].long(), 1008).float() * self.confidence
+    return images.float().mean(dim=(2, 3)), logits
+
+
+def class_images(num: int) -> torch.Tensor:
+  """Returns uint8 NCHW 8 px images whose first pixel (the Oracle's class) is their index, the rest random."""
+  images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (num, 3, 8, 8), dtype=np.uint8))
+  images[:, 0, 0, 0] = torch.arange(num)
+  return images
+
+
+def test_inception_score_of_uniform_predictions_is_one_and_of_distinct_confident_classes_their_count():
+  uniform = evaluate(Oracle(confidence=0.0), None, class_images(40), ('isc',), batch=16)
+  assert (uniform['is_mean'], uniform['is_std']) == (pytest.approx(1.0, abs=1e-12), pytest.approx(0.0, abs=1e-12))
+  # 40 distinct classes in torch-fidelity's 10 splits: 4 distinct one-hot predictions per split, IS = 4 in each.
+  images = class_images(40)
+  confident = evaluate(Oracle(confidence=60.0), None, images, ('isc',), batch=16, seed=5)
+  assert (confident['is_mean'], confident['is_std']) == (pytest.approx(4.0, rel=1e-9), pytest.approx(0.0, abs=1e-9))
+  theirs = metric_isc.isc_features_to_metric(Oracle(60.0)(images)[1], splits=10, shuffle=True, rng_seed=5)
+  assert confident['is_mean'] == pytest.approx(theirs[metric_isc.KEY_METRIC_ISC_MEAN], rel=1e-12)
+  assert 'num_reference' not in confident  # IS needs no reference set
+
+
+def oracle_reference(images: torch.Tensor, shift: float = 0.0) -> reference.Reference:
+  """Returns a reference set of the Oracle's features of the images, shifted by `shift` in every dimension."""
+  return reference.make_reference(Oracle(0.0)(images)[0].double().numpy() + shift)
+
+
+def test_precision_and_recall_of_a_set_against_itself_are_one_and_against_a_far_set_zero():
+  images = class_images(12)
+  same = evaluate(Oracle(0.0), oracle_reference(images), images, ('prc',))
+  far = evaluate(Oracle(0.0), oracle_reference(images, shift=1e4), images, ('prc',))
+  assert (same['precision'], same['recall'], far['precision'], far['recall']) == (1.0, 1.0, 0.0, 0.0)
+  with pytest.raises(ValueError, match=r'^generated features have shape \(3, 3\); precision and recall \(k=3\) need '
+                                       r'at least 4 rows of features$'):
+    evaluate(Oracle(0.0), oracle_reference(images), images[:3], ('prc',))
+
+
+# The artefact metrics on constructed inputs.
+
+def artefact_reference(images: torch.Tensor) -> reference.Reference:
+  """Returns a reference set of the images' per-image statistics alone (no features: no Inception)."""
+  return reference.make_reference(None, image_statistics=artefacts.per_image(images.numpy()))
+
+
+def artefact_gaps(samples: torch.Tensor, ref: torch.Tensor) -> dict:
+  """Returns the artefacts plug-in's result for the samples against the reference images, via the Evaluator."""
+  result = evaluate(None, artefact_reference(ref), samples, ('artefacts',))
+  return {key: result[key] for key in artefacts.KEYS}
+
+
+def mean_luminance(images: torch.Tensor) -> float:
+  """Returns the mean BT.601 luminance of uint8 NCHW RGB images."""
+  return float((images.double() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1).mean())
+
+
+def test_artefacts_of_the_reference_against_itself_are_none():
+  images = uint8_images(8, 16, seed=20)
+  assert artefact_gaps(images, images) == {'brightness_gap': 0.0, 'color_shift': 0.0, 'dark_fraction_gap': 0.0,
+                                           'noise_residual': pytest.approx(1.0, rel=1e-12)}
+
+
+def test_a_darkened_copy_has_the_closed_form_brightness_gap_and_only_dark_images():
+  images = uint8_images(8, 16, seed=21)
+  darker = (images.double() * 0.15).round().byte()  # every pixel <= 38: every image's luminance under 40
+  assert min(artefacts.per_image(images.numpy())[:, 0]) >= 40  # none of the originals is dark
+  gaps = artefact_gaps(darker, images)
+  assert gaps['brightness_gap'] == pytest.approx(-0.85 * mean_luminance(images), abs=0.5)  # 0.5: uint8 rounding
+  assert gaps['dark_fraction_gap'] == 1.0
+
+
+def test_a_colour_cast_shifts_the_mean_rgb_by_the_cast_and_leaves_the_grain():
+  images = (uint8_images(8, 16, seed=22).double() * 0.8 + 20).round().byte()  # 20..224: no clipping below
+  cast = torch.tensor([12.0, -7.0, 4.0])
+  gaps = artefact_gaps((images.double() + cast.view(1, 3, 1, 1)).byte(), images)
+  assert gaps['color_shift'] == pytest.approx(np.sqrt(12 ** 2 + 7 ** 2 + 4 ** 2), rel=1e-12)
+  assert gaps['brightness_gap'] == pytest.approx(0.299 * 12 - 0.587 * 7 + 0.114 * 4, rel=1e-9)
+  assert gaps['noise_residual'] == pytest.approx(1.0, rel=1e-12) and gaps['dark_fraction_gap'] == 0.0
+
+
+def test_added_gaussian_noise_raises_the_noise_residual():
+  images = uint8_images(8, 16, seed=23)
+  noise = torch.from_numpy(np.random.default_rng(0).normal(0, 12, images.shape))
+  gaps = artefact_gaps((images.double() + noise).round().clamp(0, 255).byte(), images)
+  assert gaps['noise_residual'] > 2 and abs(gaps['brightness_gap']) < 1
+  half = images // 2  # doubling it is exact in uint8: the Laplacian doubles, its variance is 4 times the reference's
+  assert artefact_gaps(half * 2, half)['noise_residual'] == pytest.approx(4.0, rel=1e-12)
+
+
+def test_laplacian_variance_and_grey_images_closed_forms():
+  checkerboard = (np.indices((1, 1, 6, 6)).sum(axis=0) % 2 * 255).astype(np.uint8)  # grey: the channel is the luma
+  ramp = np.broadcast_to(np.arange(0, 60, 10, dtype=np.uint8), (1, 3, 6, 6))
+  # Every interior pixel v of a 0/255 checkerboard has 4 neighbours 255 - v: the Laplacian is ±1020.
+  np.testing.assert_allclose(artefacts.per_image(checkerboard)[0], [127.5, 127.5, 127.5, 127.5, 1020.0 ** 2])
+  assert artefacts.per_image(ramp)[0, 4] == 0.0  # a linear ramp has no second derivative
+  rows = lambda *luma: np.array([[value, value, value, value, 1.0] for value in luma])
+  assert artefacts.gaps(rows(39.9, 40.0), rows(40.0, 41.0))['dark_fraction_gap'] == 0.5  # dark: under 40
+
+
+def test_artefacts_need_no_inception_but_the_references_image_statistics():
+  assert not metrics.needs_inception(('artefacts', 'ms_ssim')) and metrics.needs_image_statistics(('artefacts',))
+  assert metrics.needs_reference_features(('prc',)) and not metrics.needs_reference_features(('isc', 'artefacts'))
+  images = uint8_images(4, 16, seed=24)
+  with pytest.raises(ValueError, match=r"^the artefacts metric needs the reference set's image statistics"):
+    evaluate(None, reference.make_reference(None, images=images), images, ('artefacts',))
+
+
+def test_new_metrics_reach_tensorboard_and_the_reports_table(tmp_path):
+  names = ('fid', 'artefacts', 'isc', 'prc')
+  result = {'fid': 9.0, 'brightness_gap': -3.25, 'color_shift': 4.5, 'dark_fraction_gap': 0.125,
+            'noise_residual': 1.5, 'is_mean': 2.5, 'is_std': 0.25, 'precision': 0.75, 'recall': 0.5,
+            'num_samples': 6, 'sampler': 'ddim', 'sampling_steps': 5, 'variance': 'beta_tilde'}
+
+  class Writer:
+    def write_scalars(self, step, scalars):
+      self.scalars = scalars
+  writer = Writer()
+  evaluation.write_results(str(tmp_path), 2, result, writer, names)
+  assert set(writer.scalars) == {f'eval/{key}' for key in metrics.required_keys(names) + ('num_samples',)}
+  assert {'eval/brightness_gap', 'eval/is_std', 'eval/recall'} <= set(writer.scalars)
+  evals = events.read_evals(str(tmp_path), {'eval': {'metrics': list(names)}})
+  header, _, row = (line.strip('|').split(' | ') for line in report.table_markdown([run_of('r', names, evals)])
+                    .splitlines()[:3])
+  assert [h.strip() for h in header[8:16]] == ['FID', 'Δbright', 'colour', 'Δdark', 'noise', 'IS', 'Precision',
+                                               'Recall']
+  assert [c.strip() for c in row[8:16]] == ['9.00', '-3.2', '4.5', '+0.125', '1.50', '2.50 ± 0.25', '0.750', '0.500']
+  figures.plot_metrics([run_of('r', names, evals)], str(tmp_path / 'metrics.png'))
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(tmp_path / 'metrics.png') as image:
+    assert image.size == (4 * 600, 2 * 450)  # 8 panels, 4 a row

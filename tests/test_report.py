@@ -1,4 +1,5 @@
-"""End to end: two tiny runs → the report → table.md and four figures; and the report CLI's one-line errors."""
+"""End to end: two tiny runs → the report → table.md and five figures; the report CLI's one-line errors; the
+luminance histograms from the artefacts plug-in through the evaluation JSON into luminance.png."""
 import functools
 import os
 import subprocess
@@ -8,11 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from clitools import ROOT
+from configs import ext_cosine_v_min_snr, ext_linear_offset, ext_linear_zero_snr_v, linear_mse
 from runs import copy_run, run, tiny_config
-from ddpm_jax import evaluation, figures, report
+from ddpm_jax import evaluation, events, figures, report
+from eval_bridge import artefacts, evaluator, reference
 from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 
 # Two runs that differ in schedule, loss and model size, so a row that mixed them up would show.
@@ -22,8 +26,12 @@ RUNS = {
 }
 # Hand-written evaluations of the first run (Inception is too slow for this test): the best FID is not the last.
 EVALS = {
-    2: {'fid': 41.23456, 'kid_mean': 0.03127, 'kid_std': 0.00412, 'ms_ssim': 0.23456, 'num_samples': 24},
-    4: {'fid': 55.55555, 'kid_mean': 0.04444, 'kid_std': 0.00333, 'ms_ssim': 0.31234, 'num_samples': 32},
+    2: {'fid': 41.23456, 'kid_mean': 0.03127, 'kid_std': 0.00412, 'ms_ssim': 0.23456, 'num_samples': 24,
+        'brightness_gap': -12.5, 'color_shift': 8.25, 'dark_fraction_gap': 0.125, 'noise_residual': 1.75},
+    4: {'fid': 55.55555, 'kid_mean': 0.04444, 'kid_std': 0.00333, 'ms_ssim': 0.31234, 'num_samples': 32,
+        'brightness_gap': 3.5, 'color_shift': 2.5, 'dark_fraction_gap': -0.0625, 'noise_residual': 1.125,
+        artefacts.HISTOGRAM: {'range': [0, 255], 'samples': [4, 6, 8, 6, 4, 2, 1, 1] + [0] * 24,
+                              'reference': [1, 2, 3, 4, 5, 4, 3, 2] + [1] * 24}},
 }
 
 
@@ -112,7 +120,8 @@ def test_a_run_without_evaluations_shows_dashes(out):
 
 
 @pytest.mark.parametrize('name, min_size', [('loss.png', (600, 400)), ('metrics.png', (1200, 400)),
-                                            ('schedules.png', (1000, 400)), ('samples.png', (500, 300))])
+                                            ('schedules.png', (1000, 400)), ('luminance.png', (500, 350)),
+                                            ('samples.png', (500, 300))])
 def test_figures_are_readable_pngs(out, name, min_size):
   with Image.open(out / name) as image:
     assert image.format == 'PNG'
@@ -153,3 +162,72 @@ def test_smoothing_is_tensorboards_debiased_ema():
   # Closed form of the debiased EMA of [1, 0]: (0.9 * 0.1 * 1) / (1 - 0.81).
   np.testing.assert_allclose(figures.smooth([1.0, 0.0], 0.9), [1.0, 0.09 / 0.19])
   np.testing.assert_allclose(figures.smooth([1.0, 5.0, 2.0], 0.0), [1.0, 5.0, 2.0])
+
+
+# luminance.png from hand-made runs: no training.
+
+def histogram_eval(step: int, samples: list[int]) -> dict:
+  """Returns an evaluation of the artefacts metric with a luminance histogram of the given sample counts."""
+  return {'step': step, 'num_samples': sum(samples), 'brightness_gap': -1.5, 'color_shift': 2.0,
+          'dark_fraction_gap': 0.25, 'noise_residual': 1.0,
+          artefacts.HISTOGRAM: {'range': [0, 255], 'samples': samples, 'reference': [2] * len(samples)}}
+
+
+def hand_run(name: str, evals: list[dict]) -> events.Run:
+  """Returns a Run of the artefacts metric holding the evaluations alone."""
+  return events.Run(name, {'eval': {'metrics': ['artefacts']}}, {}, evals, None, None)
+
+
+def test_luminance_figure_draws_each_runs_last_histogram_and_skips_runs_without(tmp_path):
+  old = {key: value for key, value in histogram_eval(2, []).items() if key != artefacts.HISTOGRAM}
+  runs = [hand_run('two', [histogram_eval(2, [8] + [0] * 31), histogram_eval(4, [0] * 31 + [8])]),
+          hand_run('before_histograms', [old]), hand_run('unevaluated', []),
+          hand_run('one', [histogram_eval(6, [1] * 32), old])]  # the last histogram, not the last evaluation
+  assert [(figures.last_histogram(run) or {}).get('step') for run in runs] == [4, None, None, 6]
+  figures.plot_luminance(runs, str(tmp_path / 'luminance.png'))
+  with Image.open(tmp_path / 'luminance.png') as image:
+    assert image.size == (2 * 550, 400)  # two panels: the runs without histograms have none
+    assert np.asarray(image.convert('L')).std() > 5
+
+
+def test_luminance_figure_without_any_histogram_is_one_empty_panel(tmp_path):
+  figures.plot_luminance([hand_run('unevaluated', [])], str(tmp_path / 'luminance.png'))
+  with Image.open(tmp_path / 'luminance.png') as image:
+    assert image.size == (550, 400)
+
+
+def test_artefacts_histograms_go_through_the_evaluation_json(tmp_path):
+  # Grey 4x4 checkerboards (the channel is the luminance) of these two levels, so of means 2, 10, 10, 247.5, 253:
+  # 247.5 is in the last of 32 bins over 0-255 (from 247.03), not of bins of 8 (from 248).
+  checkerboard = torch.tensor([[0, 1, 0, 1], [1, 0, 1, 0]] * 2)
+  images = torch.stack([low + (high - low) * checkerboard for low, high in
+                        ((0, 4), (8, 12), (8, 12), (245, 250), (251, 255))]).view(-1, 1, 4, 4).to(torch.uint8)
+  ref = reference.make_reference(None, image_statistics=artefacts.per_image(images[:2].numpy()))
+  scorer = evaluator.Evaluator(None, ref, metrics=('artefacts',), progress=False)
+  scorer.update(images)
+  result = scorer.result()
+  expected = [1, 2] + [0] * 29 + [2]
+  assert result[artefacts.HISTOGRAM] == {'range': [0, 255], 'samples': expected, 'reference': [1, 1] + [0] * 30}
+
+  class Writer:
+    def write_scalars(self, step, scalars):
+      self.scalars = scalars
+  writer = Writer()
+  evaluation.write_results(str(tmp_path), 2, {**result, 'sampler': 'ddim', 'sampling_steps': 5}, writer,
+                           ('artefacts',))
+  assert artefacts.HISTOGRAM not in {key.split('/')[-1] for key in writer.scalars}  # TensorBoard: scalars alone
+  run = hand_run('r', events.read_evals(str(tmp_path), {'eval': {'metrics': ['artefacts']}}))
+  assert figures.last_histogram(run)[artefacts.HISTOGRAM]['samples'] == expected
+
+
+def test_extended_runs_name_their_change_and_get_their_own_loss_panel_and_schedule():
+  runs = [events.Run(module.__name__.split('.')[-1], module.get_config().to_dict(), {}, [], None, None)
+          for module in (linear_mse, ext_linear_offset, ext_cosine_v_min_snr, ext_linear_zero_snr_v)]
+  assert [report.loss_cell(run.config['diffusion']) for run in runs] == [
+      'mse', 'mse (offset noise 0.1)', 'mse (v, min-SNR γ=5)', 'mse (v, zero terminal SNR)']
+  assert [figures.loss_kind(run) for run in runs] == ['ε-MSE', 'ε-MSE', 'v-MSE, min-SNR γ=5', 'v-MSE']
+  groups = figures.schedule_groups(runs)
+  assert list(groups.values()) == [['linear_mse', 'ext_linear_offset'], ['ext_cosine_v_min_snr'],
+                                   ['ext_linear_zero_snr_v']]
+  zero_snr = figures.make_schedule(next(key for key in groups if key[2]))
+  assert float(zero_snr.alphas_cumprod[-1]) == 0.0

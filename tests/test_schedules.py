@@ -113,3 +113,46 @@ def test_linear_betas_beyond_one_after_rescaling_raise():
 def test_bad_num_timesteps_raises():
   with pytest.raises(ValueError, match='num_timesteps must be an integer >= 2, got 0'):
     schedules.make_schedule('linear', 0)
+
+
+# Zero terminal SNR (Lin et al. 2023): against diffusers' rescale_zero_terminal_snr.
+
+RAW_BETAS = {'linear': schedules.linear_betas, 'cosine': schedules.cosine_betas, 'sigmoid': schedules.sigmoid_betas}
+
+
+@pytest.mark.parametrize('name', sorted(RAW_BETAS))
+def test_zero_terminal_snr_matches_diffusers(name):
+  import torch  # pylint: disable=g-import-not-at-top  # diffusers' function takes a tensor
+  from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr  # pylint: disable=g-import-not-at-top
+  ours = schedules.make_schedule(name, 1000, zero_terminal_snr=True)
+  theirs = rescale_zero_terminal_snr(torch.from_numpy(RAW_BETAS[name](1000))).numpy()  # float64 in, float64 out
+  np.testing.assert_allclose(np.asarray(ours.betas), theirs, rtol=1e-6, atol=1e-7)
+  # diffusers' own scheduler rescales its float32 betas: the same curve to float32 precision.
+  scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule=DIFFUSERS_NAMES[name],
+                                      rescale_betas_zero_snr=True)
+  np.testing.assert_allclose(np.asarray(ours.alphas_cumprod), scheduler.alphas_cumprod.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', schedules.SCHEDULE_NAMES)
+def test_zero_terminal_snr_ends_in_pure_noise_and_keeps_every_field_finite(name):
+  plain, zero = schedules.make_schedule(name, 100), schedules.make_schedule(name, 100, zero_terminal_snr=True)
+  assert float(zero.alphas_cumprod[-1]) == 0.0 and float(zero.betas[-1]) == 1.0
+  assert float(zero.sqrt_one_minus_alphas_cumprod[-1]) == 1.0
+  np.testing.assert_allclose(float(zero.alphas_cumprod[0]), float(plain.alphas_cumprod[0]), rtol=1e-6)
+  assert np.all(np.diff(np.asarray(zero.alphas_cumprod)) < 0)
+  for field, values in vars(zero).items():
+    assert np.all(np.isfinite(np.asarray(values))), field
+
+
+def test_zero_terminal_snr_with_eps_prediction_is_a_one_line_config_error():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.diffusion.zero_terminal_snr = True
+  with pytest.raises(ValueError) as error:
+    validation.check_diffusion(config)
+  assert str(error.value) == ("diffusion.zero_terminal_snr=True with diffusion.prediction='eps': at alpha_bar_T = 0 "
+                              "the noise carries no information about the image; use diffusion.prediction='v' or 'x0'")
+  for prediction in ('v', 'x0'):
+    config.diffusion.prediction = prediction
+    validation.check_diffusion(config)

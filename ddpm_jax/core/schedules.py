@@ -99,8 +99,26 @@ _PARAMS = {
 }
 
 
-def make_schedule(name: str, num_timesteps: int = 1000, **params) -> Schedule:
-  """Returns the named schedule with T = num_timesteps; ValueError on a bad name or parameter."""
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """Returns betas rescaled so alpha_bar_T = 0 with alpha_bar_1 kept (Lin et al. 2023, Algorithm 1).
+
+  sqrt(alpha_bar) is shifted down by its last value and stretched back to its first,
+  so the last step destroys the image completely (beta_T = 1) and training sees what
+  sampling starts from: pure noise. The first beta is unchanged.
+  """
+  signal = np.sqrt(np.cumprod(1.0 - np.asarray(betas, np.float64)))
+  first, last = signal[0], signal[-1]
+  alphas_cumprod = ((signal - last) * first / (first - last)) ** 2
+  return 1.0 - np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+
+
+def make_schedule(name: str, num_timesteps: int = 1000, zero_terminal_snr: bool = False, **params) -> Schedule:
+  """Returns the named schedule of T = num_timesteps (ᾱ_T = 0 if zero_terminal_snr); ValueError on a bad name/parameter.
+
+  With zero_terminal_snr every field stays finite (beta_T = 1, alpha_bar_T = 0,
+  posterior_mean_coef2[T-1] = 0), but anything dividing by sqrt_alphas_cumprod at
+  t = T-1 (x0 from an eps prediction) is infinite there: use the v or x0 prediction.
+  """
   if name not in _BETA_FNS:
     raise ValueError(f'unknown schedule {name!r}; valid schedules: {", ".join(SCHEDULE_NAMES)}')
   if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
@@ -109,14 +127,16 @@ def make_schedule(name: str, num_timesteps: int = 1000, **params) -> Schedule:
   if unknown:
     raise ValueError(f'unknown parameter(s) {unknown} for schedule {name!r}; '
                      f'valid: {list(_PARAMS[name])}')
-  return schedule_from_betas(_BETA_FNS[name](int(num_timesteps), **params))
+  betas = _BETA_FNS[name](int(num_timesteps), **params)
+  return schedule_from_betas(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
 
 
 def schedule_from_betas(betas: np.ndarray) -> Schedule:
   """Returns the Schedule of the given float64 betas, every coefficient computed in float64."""
   betas = np.asarray(betas, dtype=np.float64)
-  if not np.all((betas > 0) & (betas < 1)):
-    raise ValueError('every beta must lie in (0, 1)')
+  # The last beta may be 1: a zero-terminal-SNR schedule ends in pure noise.
+  if not (np.all((betas[:-1] > 0) & (betas[:-1] < 1)) and 0 < betas[-1] <= 1):
+    raise ValueError('every beta must lie in (0, 1), the last in (0, 1]')
   alphas = 1.0 - betas
   alphas_cumprod = np.cumprod(alphas)
   alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])

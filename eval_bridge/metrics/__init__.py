@@ -8,8 +8,10 @@ import importlib
 import pkgutil
 
 from eval_bridge.metrics._registry import (DEFAULT, REGISTRY, Column, Context, FeatureMetric, Metric, Panel, get,
-                                           needs_inception, ranking, register, required_keys, select, summary)
+                                           needs_image_statistics, needs_inception, needs_reference_features, ranking,
+                                           register, required_keys, select, summary)
 
-for _module in pkgutil.iter_modules(__path__):
-  if not _module.name.startswith('_'):
-    importlib.import_module(f'{__name__}.{_module.name}')
+# The default metrics' modules first (each is named for its metric): tables keep FID, KID, MS-SSIM leading.
+for _name in sorted((m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_')),
+                    key=lambda name: (name not in DEFAULT, name)):
+  importlib.import_module(f'{__name__}.{_name}')

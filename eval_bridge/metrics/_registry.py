@@ -37,7 +37,7 @@ class Context:
   """What the chosen metrics of one evaluation share: settings, Inception, the reference and features.
 
   The Evaluator bumps `batch` before handing a batch to the metrics, so the shared
-  features hold each batch once however many metrics (FID, KID) ask for them.
+  features and logits hold each batch once however many metrics (FID, KID, IS, PR) ask for them.
   """
   extractor: Any = None  # torch-fidelity's Inception; None when no chosen metric needs it
   reference_source: Any = None  # a Reference, or a zero-argument callable computing one (called only when needed)
@@ -80,6 +80,10 @@ class Context:
     """Returns the float64 Inception features [n, 2048] of every batch added."""
     return self._features.features()
 
+  def logits(self):
+    """Returns the float32 Inception logits [n, 1008] of every batch added."""
+    return self._features.logits()
+
 
 class Metric(abc.ABC):
   """One metric: `update(uint8 NCHW torch batch)` per batch, then `result()` → named scalars.
@@ -87,7 +91,11 @@ class Metric(abc.ABC):
   Class attributes say what the rest of the project shows of it: `keys` every
   evaluation JSON holds (TensorBoard tags eval/<key>), table columns, metrics.png
   panels, the summary-line fragment (a str.format template of the result) and a
-  note under the table. `result()` may add informational keys beyond `keys`.
+  note under the table. `result()` may add informational keys beyond `keys`;
+  `settings()` says how the result was computed, for the evaluation's record.
+  What it needs: `needs_inception` the samples' Inception features (and, with
+  `needs_reference`, the reference's); `needs_image_statistics` the reference's
+  per-image statistics (`eval_bridge.artefacts`).
   """
   name: str = ''  # the registry key, as in config.eval.metrics
   keys: tuple[str, ...] = ()
@@ -98,6 +106,7 @@ class Metric(abc.ABC):
   lower_is_better: bool = True  # of keys[0]: ranks the "best" evaluation when no FID is chosen
   needs_inception: bool = False
   needs_reference: bool = False
+  needs_image_statistics: bool = False
 
   def __init__(self, context: Context):
     self.context = context
@@ -109,6 +118,10 @@ class Metric(abc.ABC):
   @abc.abstractmethod
   def result(self) -> dict[str, float]:
     """Returns the metric of every batch seen: at least `keys`."""
+
+  def settings(self) -> dict:
+    """Returns the settings `result()` used (JSON-ready: numbers, strings, lists), e.g. KID's subsets; after it."""
+    return {}
 
   @classmethod
   def fragment(cls, metrics: dict) -> str:
@@ -123,7 +136,7 @@ class Metric(abc.ABC):
 
 
 class FeatureMetric(Metric):
-  """A metric of Inception features against the reference's (FID, KID): features are shared, computed once."""
+  """A metric of Inception features (FID, KID, PR against the reference's; IS): features are shared, computed once."""
   needs_inception = True
   needs_reference = True
 
@@ -177,5 +190,15 @@ def ranking(metrics: list[type[Metric]]) -> type[Metric]:
 
 
 def needs_inception(names: Iterable[str]) -> bool:
-  """Returns whether any of these metrics needs the Inception extractor (the reference set is Inception features)."""
-  return any(cls.needs_inception or cls.needs_reference for cls in select(names))
+  """Returns whether any of these metrics needs the Inception extractor."""
+  return any(cls.needs_inception for cls in select(names))
+
+
+def needs_reference_features(names: Iterable[str]) -> bool:
+  """Returns whether any of these metrics compares Inception features with the reference set's (FID, KID, PR)."""
+  return any(cls.needs_inception and cls.needs_reference for cls in select(names))
+
+
+def needs_image_statistics(names: Iterable[str]) -> bool:
+  """Returns whether any of these metrics needs the reference set's per-image statistics (artefacts)."""
+  return any(cls.needs_image_statistics for cls in select(names))

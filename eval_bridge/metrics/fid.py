@@ -16,3 +16,8 @@ class Fid(_registry.FeatureMetric):
     from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
     statistics = fidelity.fid_statistics(self.context.features())
     return {'fid': fidelity.fid_from_statistics(statistics, self.context.reference().statistics)}
+
+  def settings(self) -> dict:
+    """Returns the extractor and its layer."""
+    from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
+    return {'extractor': fidelity.EXTRACTOR_NAME, 'feature_layer': fidelity.FEATURE_LAYER}

@@ -40,3 +40,14 @@ class MsSsim(_registry.Metric):
       result['ms_ssim_vs_reference'] = ms_ssim.cross_ms_ssim(images, reference.images, c.ms_ssim_pairs, c.seed,
                                                              c.device)
     return result
+
+  def settings(self) -> dict:
+    """Returns the pairs, the reservoir and, once images were seen, torchmetrics' scales, window and betas."""
+    from eval_bridge import ms_ssim  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
+    c = self.context
+    result = {'pairs': c.ms_ssim_pairs, 'reservoir': c.ms_ssim_images, 'seed': c.seed, 'data_range': ms_ssim.DATA_RANGE}
+    if self._reservoir:
+      settings = ms_ssim.settings_for(min(self._reservoir[0].shape[-2:]))
+      result.update(num_scales=settings.num_scales, kernel_size=settings.kernel_size, sigma=settings.sigma,
+                    betas=list(settings.betas))
+    return result
