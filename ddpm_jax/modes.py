@@ -66,6 +66,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: i
              allow_config_change: bool = False) -> dict:
   """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
   run = open_trained_run(config, workdir, allow_config_change)
+  if config.eval.protocol == 'paper' and jax.default_backend() == 'cpu':
+    logging.warning('The paper protocol samples %d images over all steps: without a GPU (JAX sees only the CPU) '
+                    'that takes days.', config.eval.paper_num_samples)
   evaluation = components_lib.make_evaluation(config, run.components, force=True)
   steps = [checkpoint_step] if checkpoint_step is not None else run.steps()
   if not steps:

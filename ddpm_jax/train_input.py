@@ -17,7 +17,7 @@ class TrainInput:
     self.mesh, self.iterator, self.images = mesh, None, None
     if config.data.on_device:
       # Indices, flips and scaling happen inside the jitted step, from the state's step.
-      self.images = device_data.to_device(data.load_split(config.data, 'train', config.seed), mesh)
+      self.images = device_data.to_device(data.load_split(config.data, 'train'), mesh)
     else:
       self.iterator = data.make_train_loader(config.data, global_batch_size=config.training.batch_size,
                                              seed=config.seed, process_index=jax.process_index(),

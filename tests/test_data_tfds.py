@@ -103,6 +103,24 @@ def test_food101_holds_out_20_images_per_class_chosen_by_the_seed(data_dir):
     assert set(ids_of(load('test', 1))) != set(test_ids)
 
 
+def test_the_study_split_follows_data_split_seed_whatever_the_run_seed(data_dir):
+  from ml_collections import ConfigDict  # pylint: disable=g-import-not-at-top
+  from ddpm_jax import data  # pylint: disable=g-import-not-at-top
+  config = ConfigDict(dict(dataset='tfds:food101', data_dir=data_dir, image_size=IMAGE_SIZE, split_seed=0,
+                           random_flip=False, num_workers=0, strict=False))
+
+  def trained_ids(seed):  # one epoch of the loader of a run with this config.seed
+    loader = data.make_train_loader(config, global_batch_size=2 * FOOD101_CLASSES, seed=seed)
+    return sorted(decode_id(np.rint((image + 1) * 127.5)) for image in next(iter(loader))['image'])
+
+  with mocked_tfds(food101_examples()):
+    test_ids = ids_of(data.make_source(config, 'test'))
+    assert trained_ids(0) == trained_ids(5) == sorted(ids_of(data.make_source(config, 'train')))
+    assert not set(trained_ids(5)) & set(test_ids)
+    config.split_seed = 1
+    assert set(ids_of(data.make_source(config, 'test'))) != set(test_ids)
+
+
 @pytest.mark.parametrize('splits, test_from', [
     (('train', 'test', 'validation'), 'test'),
     (('train', 'validation'), 'validation'),

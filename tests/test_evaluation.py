@@ -2,12 +2,18 @@
 import glob
 import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from ddpm_jax import components, evaluation, modes
 from ddpm_jax.events import scalars
 from eval_bridge import testing
-from runs import run
+from runs import ROOT, run, tiny_config
 
 EVAL = {'eval.every_steps': 4, 'eval.num_samples': 8, 'eval.batch_size': 4, 'eval.num_reference': 8,
         'eval.sampling_steps': 3, 'eval.ms_ssim_pairs': 6}
@@ -39,7 +45,7 @@ def test_training_writes_eval_scalars_and_json(evaluated):
   assert 0 < result['ms_ssim'] <= 1
   assert (result['sampler'], result['sampling_steps'], result['variance'], result['num_samples']) == \
       ('ddim', 3, 'beta_tilde', 8)
-  assert len(glob.glob(os.path.join(cache, '*', '*.npz'))) == 1  # reference features cached once
+  assert len(glob.glob(os.path.join(cache, '*.npz'))) == 2  # reference features and image statistics, cached once
 
 
 def test_eval_mode_writes_one_json_per_checkpoint(evaluated, weights, capsys):
@@ -48,7 +54,7 @@ def test_eval_mode_writes_one_json_per_checkpoint(evaluated, weights, capsys):
   run(workdir, {**EVAL, 'eval.inception_weights': weights, 'eval.reference_cache_dir': cache}, mode='eval',
       checkpoint_step=4)
   stdout = capsys.readouterr().out
-  assert 'step 4: FID' in stdout and '(n=8, ddim 3 steps, beta_tilde)' in stdout
+  assert 'step 4: FID' in stdout and '(n=8, ddim 3 steps, eta 1, leading)' in stdout  # quickstart's sampling.eta
   with open(os.path.join(workdir, 'eval', 'step_4.json')) as f:
     assert json.load(f)['num_samples'] == 8
 
@@ -61,3 +67,77 @@ def test_missing_weights_fail_before_training(tmp_path):
   assert "eval.inception_weights='/nowhere/weights.pth' does not exist" in error and 'eval.every_steps=0' in error
   assert '\n' not in error
   assert not workdir.exists()  # nothing was trained or written
+
+
+@pytest.mark.parametrize('sampler,settings', [
+    ('ddpm', 'ddpm 1000 steps, beta'), ('ddim', 'ddim 1000 steps, eta 0.5, trailing'),
+    ('dpmpp_2m', 'dpmpp_2m 1000 steps')])
+def test_summary_names_only_the_settings_its_sampler_reads(sampler, settings):
+  result = {'ms_ssim': 0.25, 'num_samples': 8, 'sampler': sampler, 'sampling_steps': 1000, 'variance': 'beta',
+            'eta': 0.5, 'timestep_spacing': 'trailing'}
+  assert evaluation.summary(4, result, ('ms_ssim',)) == f'step 4: MS-SSIM 0.2500  (n=8, {settings})'
+
+
+# Computes the reference of a folder dataset in a process of its own, as a second evaluation would.
+REFERENCE_SCRIPT = """
+import json, sys
+sys.path.insert(0, 'tests')
+from runs import tiny_config
+from ddpm_jax import components, evaluation
+config = tiny_config(json.loads(sys.argv[1]))
+config.eval.metrics = ('fid',)
+evaluation.Evaluation(config, components.build(config)).reference()
+"""
+
+
+def test_reference_features_are_cached_by_content_across_processes(env, weights, tmp_path):
+  folder, cache = tmp_path / 'images', tmp_path / 'cache'
+  folder.mkdir()
+  for index in range(6):
+    Image.fromarray(np.full((8, 8, 3), 40 * index, np.uint8)).save(folder / f'{index}.png')
+  overrides = {'data.dataset': f'folder:{folder}', 'data.data_dir': str(tmp_path / 'data'),
+               'eval.inception_weights': weights, 'eval.reference_cache_dir': str(cache), 'eval.num_reference': 6}
+
+  def reference_in_a_new_process(**changes):
+    subprocess.run([sys.executable, '-c', REFERENCE_SCRIPT, json.dumps({**overrides, **changes})], cwd=ROOT, env={**env, 'PYTHONHASHSEED': 'random'},
+                   check=True, capture_output=True, timeout=600)
+    return {path: os.path.getmtime(path) for path in glob.glob(os.path.join(cache, '*.npz'))}
+
+  config = tiny_config(overrides)
+  config.eval.metrics = ('fid',)
+  evaluation.Evaluation(config, components.build(config)).reference()
+  first = {path: os.path.getmtime(path) for path in glob.glob(os.path.join(cache, '*.npz'))}
+  assert len(first) == 1
+  assert reference_in_a_new_process() == first  # found by the other process, not recomputed
+  other_weights = testing.write_random_inception_weights(str(tmp_path / 'other.pth'), seed=1)
+  config.eval.inception_weights = other_weights
+  evaluation.Evaluation(config, components.build(config)).reference()
+  assert len(glob.glob(os.path.join(cache, '*.npz'))) == 2
+  Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(folder / '0.png')  # the folder's content changes
+  evaluation.Evaluation(config, components.build(config)).reference()
+  assert len(glob.glob(os.path.join(cache, '*.npz'))) == 3
+
+
+def test_the_paper_protocol_scores_ddpm_over_all_steps_against_the_whole_train_split(evaluated, weights, tmp_path):
+  workdir, _ = evaluated
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for index in range(6):
+    Image.fromarray(np.full((8, 8, 3), 40 * index, np.uint8)).save(folder / f'{index}.png')
+  config = tiny_config({**EVAL, 'data.dataset': f'folder:{folder}', 'data.data_dir': str(tmp_path / 'data'),
+                        'eval.inception_weights': weights, 'eval.reference_cache_dir': str(tmp_path / 'cache'),
+                        'eval.protocol': 'paper', 'eval.paper_num_samples': 4})
+  config.eval.metrics = ('fid', 'ms_ssim')
+  state = modes.open_trained_run(config, workdir, allow_config_change=True).restore()
+  scoring = evaluation.Evaluation(config, components.build(config))
+  tf32_during_inception = []
+  scoring.extractor.register_forward_pre_hook(
+      lambda *_: tf32_during_inception.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())))
+  before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+  result = scoring.evaluate(state.ema_params, state.rng)
+  assert (result['protocol'], result['reference_split'], result['num_reference']) == ('paper', 'train', 6)
+  assert (result['num_samples'], result['sampler'], result['sampling_steps']) == (4, 'ddpm', 100)
+  assert result['metric_settings']['ms_ssim']['pairs'] == 6
+  assert tf32_during_inception and set(tf32_during_inception) == {(False, 'highest')}
+  assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+  assert evaluation.summary(4, result, config.eval.metrics).endswith('vs train (6), paper protocol')

@@ -47,8 +47,14 @@ def validate_data_config(data_config, global_batch_size: int, process_count: int
   sharding.process_rows(global_batch_size, 0, process_count)
 
 
-def make_source(data_config, split: str, seed: int):
-  """Returns the random-access source of uint8 [image_size, image_size, 3] RGB images for `split`."""
+def make_source(data_config, split: str, seed: int | None = None):
+  """Returns the random-access source of uint8 [image_size, image_size, 3] RGB images for `split`.
+
+  `seed` decides which images the splits hold (hold-outs, rendered shapes): by default
+  data.split_seed, so runs of any config.seed train and are scored on the same images.
+  """
+  if seed is None:
+    seed = data_config.get('split_seed', 0)
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r}; valid splits: {SPLITS}.')
   kind, argument = parse_dataset(data_config.dataset)
@@ -70,22 +76,22 @@ def make_train_loader(data_config, *, global_batch_size: int, seed: int,
   Infinite, reshuffled every epoch, and this process's rows of each global batch only.
   """
   dataset = loader.train_dataset(
-      make_source(data_config, 'train', seed), global_batch_size=global_batch_size, seed=seed,
+      make_source(data_config, 'train'), global_batch_size=global_batch_size, seed=seed,
       flip=data_config.random_flip, process_index=process_index,
       process_count=process_count, start_step=start_step)
   return loader.to_iterator(dataset, data_config.num_workers)
 
 
-def load_split(data_config, split: str, seed: int) -> np.ndarray:
+def load_split(data_config, split: str) -> np.ndarray:
   """Returns every image of `split` as one uint8 [N, image_size, image_size, 3] array (for data.on_device)."""
-  source = make_source(data_config, split, seed)
+  source = make_source(data_config, split)
   chunk = 4096  # bounds the renderer's temporaries for `shapes`
   return np.concatenate([loader.read_images(source, np.arange(start, min(start + chunk, len(source))))
                          for start in range(0, len(source), chunk)])
 
 
 def make_eval_iterator(data_config, split: str, *, batch_size: int,
-                       max_examples: int | None, seed: int):
+                       max_examples: int | None, seed: int | None = None):
   """Returns an iterator of uint8 [<=batch_size, H, W, 3] batches of `split`, in fixed order.
 
   Un-augmented and unsharded; it stops after `max_examples` examples (or at the

@@ -2,11 +2,11 @@
 
 Splits
 - food101, the study's split: TFDS's train and validation merged (101,000
-  images); 20 images of each class, chosen from the seed, are 'test' (2,020),
+  images); 20 images of each class, chosen from data.split_seed, are 'test' (2,020),
   the rest 'train'.
 - Every other dataset: TFDS's own 'train' and 'test'. Without a 'test' split,
   'test' is TFDS's 'validation'; without either, 'test' is a 2% hold-out of
-  TFDS's 'train' chosen from the seed, and 'train' is the other 98%.
+  TFDS's 'train' chosen from data.split_seed, and 'train' is the other 98%.
 
 Cache: `<root>/tfds/<name>[/<config>]/<version>/<TFDS split>_<size>px.npy`
 plus `<TFDS split>_labels.npy` (-1 where there is no 'label' feature); <root>
