@@ -1,9 +1,11 @@
 """Start-up checks of a config: every user mistake becomes one line naming the key, the value and the fix."""
+import importlib.util
+
 import jax
 import ml_collections
 
-from ddpm_jax import data
-from ddpm_jax.core import diffusion, schedules, sharding
+from ddpm_jax import components, data, eval_protocol
+from ddpm_jax.core import diffusion, sharding
 from ddpm_jax.core.models.unet import UNetConfig
 from eval_bridge import metrics  # the registry alone: no torch, so checking a config stays fast
 
@@ -14,10 +16,11 @@ def _positive_int(name: str, value, allow_zero: bool = False) -> None:
     raise ValueError(f'{name}={value!r} must be an integer >= {low}')
 
 
-def _check_sampling(prefix: str, num_timesteps: int, sampler: str, num_steps) -> None:
+def _check_sampling(prefix: str, num_timesteps: int, sampler: str, num_steps, spacing: str) -> None:
   diffusion.check_choice(f'{prefix}sampler', sampler, diffusion.SAMPLERS)
+  diffusion.check_choice(f'{prefix}timestep_spacing', spacing, diffusion.TIMESTEP_SPACINGS)
   try:
-    diffusion.sampling_timesteps(num_timesteps, sampler, num_steps)
+    diffusion.sampling_timesteps(num_timesteps, sampler, num_steps, spacing)
   except ValueError as e:
     raise ValueError(f'{prefix}num_steps: {e}') from None
 
@@ -26,15 +29,24 @@ def check_diffusion(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a bad schedule, loss, prediction, sampler, variance or step count."""
   d = config.diffusion
   try:
-    schedules.make_schedule(d.schedule, d.num_timesteps)
+    components.make_schedule(d)
   except ValueError as e:
     raise ValueError(f'diffusion.schedule / diffusion.num_timesteps: {e}') from None
   diffusion.check_choice('diffusion.loss', d.loss, diffusion.LOSSES)
   diffusion.check_choice('diffusion.prediction', d.prediction, diffusion.PREDICTIONS)
+  if d.zero_terminal_snr and d.prediction == 'eps':  # x0 = (x_T - eps) / sqrt(alpha_bar_T) divides by 0
+    raise ValueError("diffusion.zero_terminal_snr=True with diffusion.prediction='eps': at alpha_bar_T = 0 the "
+                     "noise carries no information about the image; use diffusion.prediction='v' or 'x0'")
   diffusion.check_choice('sampling.variance', config.sampling.variance, diffusion.VARIANCES)
-  _check_sampling('sampling.', d.num_timesteps, config.sampling.sampler, config.sampling.num_steps)
+  _check_sampling('sampling.', d.num_timesteps, config.sampling.sampler, config.sampling.num_steps,
+                  config.sampling.timestep_spacing)
   if config.eval.every_steps:
-    _check_sampling('eval.', d.num_timesteps, config.eval.sampler, config.eval.sampling_steps)
+    _check_sampling('eval.', d.num_timesteps, config.eval.sampler, config.eval.sampling_steps,
+                    config.eval.timestep_spacing)
+  diffusion.check_choice('diffusion.loss_weighting', d.loss_weighting, diffusion.LOSS_WEIGHTINGS)
+  gamma = d.min_snr_gamma
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < float('inf'):
+    raise ValueError(f'diffusion.min_snr_gamma={gamma!r} must be a finite number > 0 (5.0 is Hang et al.\'s)')
 
 
 def check_metrics(config: ml_collections.ConfigDict) -> None:
@@ -65,11 +77,44 @@ def check_training(config: ml_collections.ConfigDict) -> None:
   sharding.check_batch_size(t.batch_size, jax.device_count(), jax.process_count())
 
 
+def check_step_options(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+  """Raises ValueError for a grad_accum_steps that does not fit the batch and devices, or a bad offset_noise."""
+  t, devices = config.training, device_count or jax.device_count()
+  k = t.grad_accum_steps
+  _positive_int('training.grad_accum_steps', k)
+  if t.batch_size % k:
+    raise ValueError(f'training.batch_size={t.batch_size} is not divisible by training.grad_accum_steps={k}; '
+                     f'use a batch size that is a multiple of {k}')
+  if (t.batch_size // k) % devices:
+    raise ValueError(f'training.batch_size={t.batch_size} / training.grad_accum_steps={k} = {t.batch_size // k} '
+                     f'rows per microbatch is not divisible by the {devices} devices; use a grad_accum_steps '
+                     f'that leaves a multiple of {devices} rows')
+  offset = config.diffusion.offset_noise
+  if not 0.0 <= offset < float('inf'):  # NaN fails too
+    raise ValueError(f'diffusion.offset_noise={offset!r} must be a finite number >= 0 (0 = off; 0.1 is common)')
+
+
+WANDB_MODES = ('', 'online', 'offline', 'disabled')  # '' = wandb's own choice: $WANDB_MODE, else online
+
+
+def check_logging(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for an unknown logging.wandb_mode, or logging.wandb=True without the wandb package."""
+  lg = config.logging
+  if lg.wandb_mode not in WANDB_MODES:
+    raise ValueError(f'logging.wandb_mode={lg.wandb_mode!r} must be one of {WANDB_MODES}')
+  # find_spec looks for the package without importing it (seconds that only a wandb run should pay).
+  if lg.wandb and importlib.util.find_spec('wandb') is None:
+    raise ValueError("logging.wandb=True needs the wandb package, which is not installed: pip install -e '.[wandb]'")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError with a one-line message at the first invalid setting of config."""
   check_diffusion(config)
   check_training(config)
+  check_step_options(config)
   check_metrics(config)
+  eval_protocol.check(config)
+  check_logging(config)
   model_config = UNetConfig(**config.model)
   try:
     model_config.validate(config.data.image_size)
