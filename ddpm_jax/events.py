@@ -101,14 +101,29 @@ def eval_keys(config: dict, workdir: str = '') -> tuple[str, ...]:
     raise ValueError(f'{os.path.join(workdir, "config.json")}: eval.metrics: {e}') from None
 
 
+def missing_keys(evaluation: dict, metrics: list[type[metrics_lib.Metric]]) -> list[str]:
+  """Returns the keys an evaluation lacks: those of a metric it holds in part, or all when it holds no metric.
+
+  A metric absent as a whole is no damage: the run's eval.metrics may change on resume (the
+  evaluations before it lack a metric added since), and the report shows '—' there.
+  """
+  partial = [key for cls in metrics if any(k in evaluation for k in cls.keys) for key in cls.keys
+             if key not in evaluation]
+  if not any(key in evaluation for cls in metrics for key in cls.keys):
+    partial = [key for cls in metrics for key in cls.keys]
+  return partial + [key for key in ('num_samples',) if key not in evaluation]
+
+
 def read_evals(workdir: str, config: dict) -> list[dict]:
-  """Returns workdir's eval/step_<N>.json dicts by step; one missing a metric of config's is a one-line ValueError."""
+  """Returns workdir's eval/step_<N>.json dicts by step; a damaged one (see missing_keys) is a one-line ValueError."""
   evals, required = [], eval_keys(config, workdir)
+  metrics = metrics_lib.select(metric_names(config))
   for step, path in sorted(files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()):
     evaluation = read_json(path)
-    missing = [key for key in required if key not in evaluation]
+    missing = missing_keys(evaluation, metrics)
     if missing:
-      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(required)}')
+      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(required)} '
+                       '(or all keys of some of these metrics)')
     evals.append(evaluation | {'step': step})
   return evals
 

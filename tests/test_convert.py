@@ -6,6 +6,8 @@ with from_pretrained, run forward in torch and compared with our U-Net on the im
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -284,3 +286,16 @@ def test_unet_defaults_table_is_diffusers_own():
   import inspect  # pylint: disable=g-import-not-at-top
   defaults = {k: v.default for k, v in inspect.signature(UNet2DModel.__init__).parameters.items() if k != 'self'}
   assert defaults == diffusers_layout.UNET_DEFAULTS
+
+
+def test_the_cli_answers_a_bad_source_or_command_with_one_line_and_exit_2(env, tmp_path):
+  def convert_cli(*args):
+    return subprocess.run([sys.executable, '-m', 'ddpm_jax.convert', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+  missing = convert_cli('import', f'--source={tmp_path}/nothing', f'--workdir={tmp_path}/w')
+  lines = [line for line in missing.stderr.splitlines() if line.startswith('ddpm_jax.convert: error:')]
+  assert missing.returncode == 2 and len(lines) == 1 and 'no such file or folder' in lines[0], missing.stderr
+  assert 'Traceback' not in missing.stderr and not os.path.exists(tmp_path / 'w')
+  unknown = convert_cli('upload', f'--workdir={tmp_path}/w')
+  assert unknown.returncode == 2 and 'give one command, import or export' in unknown.stderr

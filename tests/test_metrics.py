@@ -277,10 +277,13 @@ def test_a_registered_metric_reaches_evaluator_summary_events_and_report(brightn
       f'step 2: MS-SSIM {result["ms_ssim"]:.4f}  bright {result["brightness"]:.1f}  (n=6, ddim 5 steps')
 
   (tmp_path / 'eval').mkdir()
-  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
-  with pytest.raises(ValueError, match=r'step_2.json lacks brightness; an evaluation holds ms_ssim, brightness, '
-                                       r'num_samples$'):
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5}))
+  with pytest.raises(ValueError, match=r'step_2.json lacks num_samples; an evaluation holds ms_ssim, brightness, '
+                                       r'num_samples \(or all keys of some of these metrics\)$'):
     events.read_evals(str(tmp_path), {'eval': {'metrics': ['brightness', 'ms_ssim']}})
+  # An evaluation from before brightness joined eval.metrics (a resumed run) is read; it lacks that metric alone.
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
+  assert 'brightness' not in events.read_evals(str(tmp_path), {'eval': {'metrics': ['brightness', 'ms_ssim']}})[0]
 
   bright = run_of('bright', ('brightness',), [{'step': s, 'brightness': b, 'num_samples': 6} for s, b in
                                                ((2, 90.0), (4, 120.0), (6, 100.0))])
@@ -304,9 +307,14 @@ def test_events_require_the_keys_of_the_runs_metrics(tmp_path):
   (tmp_path / 'eval').mkdir()
   (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'ms_ssim': 0.5, 'num_samples': 6}))
   assert events.read_evals(str(tmp_path), {'eval': {'metrics': ['ms_ssim']}})[0]['step'] == 2
-  with pytest.raises(ValueError, match='lacks fid, kid_mean, kid_std; an evaluation holds fid, kid_mean, kid_std, '
+  assert events.read_evals(str(tmp_path), {'eval': {}})[0]['ms_ssim'] == 0.5  # older than eval.metrics: the default
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'fid': 3.0, 'kid_mean': 0.1, 'num_samples': 6}))
+  with pytest.raises(ValueError, match='lacks kid_std; an evaluation holds fid, kid_mean, kid_std, '
                                        'ms_ssim, num_samples'):
-    events.read_evals(str(tmp_path), {'eval': {}})  # a config.json older than eval.metrics: the default three
+    events.read_evals(str(tmp_path), {'eval': {}})  # KID in part: a damaged evaluation
+  (tmp_path / 'eval' / 'step_2.json').write_text(json.dumps({'loss': 3.0, 'num_samples': 6}))
+  with pytest.raises(ValueError, match='lacks fid, kid_mean, kid_std, ms_ssim; '):
+    events.read_evals(str(tmp_path), {'eval': {}})  # none of the run's metrics
   with pytest.raises(ValueError, match=r"config.json: eval.metrics: unknown metric 'gone'"):
     events.read_evals(str(tmp_path), {'eval': {'metrics': ['gone']}})
 
