@@ -30,7 +30,7 @@ CIFAR10 = dict(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_p
                down_block_types=('DownBlock2D', 'AttnDownBlock2D', 'DownBlock2D', 'DownBlock2D'),
                up_block_types=('UpBlock2D', 'UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D'))
 # google/ddpm-cat-256's six levels with attention at 16 px of 256, at a small width and size.
-SIX_LEVELS = dict(sample_size=64, block_out_channels=(8, 8, 16, 16, 32, 32), layers_per_block=2, norm_num_groups=4,
+SIX_LEVELS = dict(sample_size=32, block_out_channels=(8, 8, 16, 16, 32, 32), layers_per_block=2, norm_num_groups=4,
                   down_block_types=('DownBlock2D',) * 4 + ('AttnDownBlock2D', 'DownBlock2D'),
                   up_block_types=('UpBlock2D', 'AttnUpBlock2D') + ('UpBlock2D',) * 4)
 
