@@ -4,7 +4,6 @@ An import writes config.json and one Orbax checkpoint at step 0 whose params and
 the imported weights, so --mode=sample, --mode=eval and training (fine-tuning) open it as they open
 any run. An export reads a checkpoint the way --mode=sample does and writes a DDPMPipeline folder.
 """
-import glob
 import os
 import shutil
 import tempfile
@@ -100,6 +99,5 @@ def export_workdir(workdir: str, out: str, checkpoint_step: int | None = None, p
       shutil.rmtree(out)
     os.replace(staging, out)
   finally:
-    for leftover in glob.glob(staging):
-      shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; what a failed export left otherwise
   return out
