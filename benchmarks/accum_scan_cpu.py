@@ -42,7 +42,7 @@ def measure(k: int, unroll: int, params, batch) -> tuple[float, float]:
   try:
     optimizer = train_step.make_optimizer(1e-3, 0, 1.0)
     step = train_step.make_train_step(UNet(QUICKSTART).apply, schedules.make_schedule('cosine', 1000), optimizer,
-                                      loss='mse', prediction='eps', ema_decay=0.99, grad_accum_steps=k)
+                                      train_step.Objective(ema_decay=0.99, grad_accum_steps=k))
     state = train_step.create_train_state(jax.tree_util.tree_map(lambda p: p + 0, params), optimizer,
                                           jax.random.PRNGKey(1))
     compiled = step.lower(state, batch).compile()

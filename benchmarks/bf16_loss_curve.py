@@ -50,7 +50,7 @@ def train(dtype: str, batches, image_size: int):
                           dtype=dtype))
   schedule = schedules.make_schedule('cosine', 1000)
   optimizer = train_step.make_optimizer(1e-3, 20, 1.0)
-  step = train_step.make_train_step(model.apply, schedule, optimizer, loss='mse', prediction='eps', ema_decay=0.999)
+  step = train_step.make_train_step(model.apply, schedule, optimizer, train_step.Objective(ema_decay=0.999))
   state = train_step.create_train_state(train_step.init_params(model, image_size, 0), optimizer,
                                         jax.random.PRNGKey(0))
   losses, begun = [], time.perf_counter()

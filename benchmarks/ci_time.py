@@ -1,8 +1,8 @@
 """How long CI takes: `.ci/run` on a clean clone of a commit (fresh venv, install, the README's test command).
 
 Prints the wall time of the whole run, the part pytest reports, the test count and pytest's 15 slowest
-tests (pyproject's --durations=15), and appends them to BENCHMARKS.md. The suite's budget is ~8 minutes
-of tests, 12 minutes in all, on the 2-core CI machine.
+tests (pyproject's --durations=15), and appends them to BENCHMARKS.md. The suite's budget is 6 minutes
+of tests (`python -m pytest -q`), 9 minutes in all, on the 2-core CI machine.
 
   python -m benchmarks.ci_time [--commit=HEAD] [--output=BENCHMARKS.md]
 """

@@ -64,7 +64,7 @@ def run_recipe(name: str, root: str, weights: str) -> dict:
   overrides = {**RECIPES[name], 'training.num_steps': _TRAIN_STEPS.value}
   train_seconds = cli(workdir, overrides)
   evaluation = {'eval.num_samples': _NUM_SAMPLES.value, 'eval.num_reference': _NUM_SAMPLES.value,
-                'eval.batch_size': 250, 'eval.sampler': 'ddim', 'eval.sampling_steps': 50,
+                'eval.batch_size': 250, 'eval.sampling.sampler': 'ddim', 'eval.sampling.num_steps': 50,
                 'eval.inception_weights': weights, 'eval.reference_cache_dir': os.path.join(root, 'reference')}
   step = _TRAIN_STEPS.value
   eval_seconds = cli(workdir, {**overrides, **evaluation}, '--mode=eval', f'--checkpoint_step={step}',

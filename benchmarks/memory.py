@@ -46,8 +46,9 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 
 from benchmarks import machine_info
-from ddpm_jax import components as components_lib
+from ddpm_jax.config import convert
 from ddpm_jax.core import sharding
+from ddpm_jax.run import build as components_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/default.py', 'The run config (its keys overridable).')
 _VARIANTS = flags.DEFINE_list('variants', ['plain', 'remat', 'accum2', 'accum4', 'remat+accum2', 'float16', 'bfloat16'],
@@ -64,18 +65,18 @@ _RESULT = 'RESULT '
 
 def apply_variant(config, variant: str):
   """Returns a copy of config with the variant's overrides; raises ValueError for an unknown part."""
-  config = config.copy_and_resolve_references()
+  values = {}
   for part in [] if variant == 'plain' else variant.split('+'):
     if part == 'remat':
-      config.model.remat = True
+      values['model.remat'] = True
     elif part in ('float16', 'bfloat16'):
-      config.model.dtype = part
+      values['model.dtype'] = part
     elif part.startswith('accum') and part[5:].isdigit():
-      config.training.grad_accum_steps = int(part[5:])
+      values['training.grad_accum_steps'] = int(part[5:])
     else:
       raise ValueError(f'--variants: unknown part {part!r} of {variant!r}; use plain, or +-joined remat, '
                        'accum<k>, float16, bfloat16')
-  return config
+  return convert.with_values(convert.from_configdict(config), values)
 
 
 def analysed_step(config, components):

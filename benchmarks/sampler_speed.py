@@ -42,11 +42,12 @@ import numpy as np
 import torch  # before TensorFlow (which the data pipeline loads): ddpm_jax.main.preload_torch_stack's reason
 
 from benchmarks import machine_info
-from ddpm_jax import components as components_lib
-from ddpm_jax import evaluation as evaluation_lib
-from ddpm_jax import modes
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.config import convert
 from ddpm_jax.core import diffusion, keys
+from ddpm_jax.evaluation import scores as evaluation_lib
+from ddpm_jax.run import build as components_lib
+from ddpm_jax.run import modes
+from ddpm_jax.run import workdir as workdir_lib
 from eval_bridge import convert, fidelity, testing
 
 _WORKDIR = flags.DEFINE_string('workdir', '', 'A quickstart workdir to reuse or train into ("" = a temp dir).')
@@ -85,13 +86,12 @@ def ensure_trained(workdir: str) -> str:
 
 def eval_config(config, sampler: str, steps: int, cache_dir: str, weights: str):
   """Returns a copy of the run's config whose evaluation samples with (sampler, steps) and scores FID offline."""
-  config = config.copy_and_resolve_references()
-  e = config.eval
-  e.sampler, e.sampling_steps, e.timestep_spacing = sampler, steps, _SPACING.value
-  e.num_samples, e.batch_size, e.num_reference = _NUM_SAMPLES.value, _BATCH_SIZE.value, _NUM_REFERENCE.value
-  e.metrics, e.inception_weights, e.reference_cache_dir = ('fid',), weights, cache_dir
-  config.sampling.eta = _DDIM_ETA.value  # evaluation takes DDIM's eta from sampling.*
-  return config
+  return convert.with_values(config, {
+      'eval.sampling.sampler': sampler, 'eval.sampling.num_steps': steps,
+      'eval.sampling.timestep_spacing': _SPACING.value, 'eval.sampling.eta': _DDIM_ETA.value,
+      'eval.num_samples': _NUM_SAMPLES.value, 'eval.batch_size': _BATCH_SIZE.value,
+      'eval.num_reference': _NUM_REFERENCE.value, 'eval.metrics': ('fid',), 'eval.inception_weights': weights,
+      'eval.reference_cache_dir': cache_dir})
 
 
 def sample_timed(sampler, params, rng) -> tuple[list, float, float]:
@@ -129,7 +129,7 @@ def measure(workdir: str, weights: str, cache_dir: str) -> list[dict]:
   for sampler_name, steps in specs:
     cfg = eval_config(config, sampler_name, steps, cache_dir, weights)
     c = run.components
-    sampler = components_lib.make_sampler(cfg, c.model, c.schedule, c.mesh, evaluation_lib.sampler_section(cfg))
+    sampler = components_lib.make_sampler(cfg, c.model, c.schedule, c.mesh, cfg.eval.sampling)
     batches, seconds, compile_seconds = sample_timed(sampler, state.ema_params, state.rng)
     statistics = fidelity.fid_statistics(features_of(evaluation.extractor, batches))
     first_statistics = first_statistics or statistics

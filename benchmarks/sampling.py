@@ -48,8 +48,8 @@ import jax
 import numpy as np
 
 from benchmarks import torch_reference
-from ddpm_jax.core import schedules
 from ddpm_jax.core import sampler as sampler_lib
+from ddpm_jax.core import schedules
 from ddpm_jax.core import train_step
 from ddpm_jax.core.models import unet
 

@@ -7,6 +7,7 @@ and `DDIMPipeline`; our side imports only the pure core of ddpm_jax and
 configs/ (ml_collections), never TensorFlow, grain or CLU, so these scripts run
 on a machine that has only jax, flax, optax, torch and diffusers.
 """
+import dataclasses
 import os
 import platform
 import time
@@ -22,6 +23,7 @@ from torch.utils import flop_counter
 from benchmarks import machine_info
 from configs import cifar10_ddpm
 from configs import default
+from ddpm_jax.config import convert
 from ddpm_jax.core.models import unet
 
 CONFIGS = {'cifar10': cifar10_ddpm, 'default': default}
@@ -40,7 +42,7 @@ def model_config(name: str, dtype: str, image_size: int = 0,
   config = CONFIGS[name].get_config()
   size = image_size or config.data.image_size
   overrides = {'dtype': dtype, **({'base_channels': base_channels} if base_channels else {})}
-  config_slice = unet.UNetConfig(**{**config.model.to_dict(), **overrides})
+  config_slice = dataclasses.replace(convert.from_configdict(config).model, **overrides)
   config_slice.validate(size)
   return config_slice, size
 

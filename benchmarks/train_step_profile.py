@@ -124,8 +124,8 @@ def compiled_step(variant: str, batch):
   params = train_step.init_params(unet.UNet(config), size, seed=0)
   state = train_step.create_train_state(params, optimizer, jax.random.PRNGKey(0))
   with swapped_apply_gradients(apply_gradients_under_cond if variant == 'cond_update' else None):
-    step = train_step.make_train_step(apply_fn, schedule, optimizer, loss=d.loss, prediction=d.prediction,
-                                      ema_decay=t.ema_decay)
+    step = train_step.make_train_step(apply_fn, schedule, optimizer,
+                                      train_step.Objective(loss=d.loss, prediction=d.prediction, ema_decay=t.ema_decay))
     compiled = step.lower(state, batch).compile()
   return compiled, state
 

@@ -149,8 +149,8 @@ def make_step(config: unet.UNetConfig, name: str):
   t, d = full_config.training, full_config.diffusion
   schedule = schedules.make_schedule(d.schedule, d.num_timesteps)
   optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
-  step = train_step.make_train_step(unet.UNet(config).apply, schedule, optimizer, loss=d.loss,
-                                    prediction=d.prediction, ema_decay=t.ema_decay)
+  step = train_step.make_train_step(unet.UNet(config).apply, schedule, optimizer,
+                                    train_step.Objective(loss=d.loss, prediction=d.prediction, ema_decay=t.ema_decay))
   return step, optimizer
 
 

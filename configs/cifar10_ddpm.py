@@ -33,7 +33,8 @@ def get_config():
   config.sampling.sampler = 'ddpm'
   config.sampling.num_steps = 1000
   config.sampling.variance = 'beta'
-  config.eval.sampler = 'ddpm'
-  config.eval.sampling_steps = 1000
+  config.eval.sampling.sampler = 'ddpm'
+  config.eval.sampling.num_steps = 1000
+  config.eval.sampling.variance = 'beta'
   config.eval.num_reference = 10_000  # the whole CIFAR-10 test split
   return config

@@ -31,5 +31,6 @@ def get_config():
   config.sampling.sampler = 'ddim'
   config.sampling.num_steps = 50
   config.sampling.eta = 1.0  # stochastic DDIM: clean shapes from a young model, where eta=0 leaves speckle
+  config.eval.sampling.eta = 1.0  # evaluations sample as the grids do
   config.eval.every_steps = 0
   return config

@@ -5,8 +5,9 @@
 
 Without --config, --mode=sample and --mode=eval read config.json as they are; this file is for changing a key.
 """
-from ddpm_jax import workdir
+from ddpm_jax.config import convert
+from ddpm_jax.run import workdir
 
 
 def get_config(path):
-  return workdir.load_config(path)
+  return convert.to_configdict(workdir.load_config(path))

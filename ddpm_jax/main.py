@@ -2,6 +2,7 @@
 
   python -m ddpm_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
   python -m ddpm_jax.main --workdir=runs/quickstart --mode=sample  # the workdir's config.json
+  python -m ddpm_jax.main --helpconfig  # every config key, its default and what it does
 """
 import logging as logging_lib
 import os
@@ -10,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ddpm_jax import errors
+from ddpm_jax import cli, paths
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py). --mode=sample and --mode=eval '
@@ -30,9 +31,7 @@ flags.DEFINE_integer('num_processes', None, 'How many processes the multi-proces
 flags.DEFINE_integer('process_id', None, "This process's index in the multi-process run, 0 to num_processes - 1.")
 flags.mark_flags_as_required(['workdir'])
 
-# User mistakes (bad config values, paths, missing checkpoints) surface as these; they
-# become one line on stderr. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+PROGRAM = 'ddpm_jax'
 
 
 def preload_torch_stack() -> None:
@@ -48,28 +47,32 @@ def enable_compilation_cache() -> None:
   """Keeps compiled XLA programs on disk, so a resumed run or a second mode skips minutes of compiling."""
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    cache = os.path.join(os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ddpm_jax', 'xla')
-    jax.config.update('jax_compilation_cache_dir', cache)
+    jax.config.update('jax_compilation_cache_dir', os.path.join(paths.cache_root(), 'xla'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: bool = False, *,
         coordinator_address: str | None = None, num_processes: int | None = None,
         process_id: int | None = None) -> None:
-  """Runs the mode on the config (in a multi-process run when the last three arguments or SLURM say so)."""
+  """Runs the mode on the config (in a multi-process run when the last three arguments or SLURM say so).
+
+  config: a ConfigDict (a config file with its overrides) or a typed Config; every key is checked
+  before anything is written.
+  """
   # Imported here so that --help and flag errors answer without loading JAX.
-  from ddpm_jax import distributed  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.config import checks, convert  # pylint: disable=g-import-not-at-top
+  config = convert.from_configdict(config)  # the one conversion: modules see typed sections from here on
+  from ddpm_jax.run import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(coordinator_address, num_processes, process_id)  # before anything touches a device
-  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
-  validation.validate_config(config)  # before TensorFlow and torch load: a bad value answers in seconds
+  checks.validate_config(config)  # before TensorFlow and torch load: a bad value answers in seconds
   if mode == 'eval' or config.eval.every_steps:
     preload_torch_stack()  # ~10 s of imports that only evaluation needs
   enable_compilation_cache()
   if mode == 'train':
-    from ddpm_jax import train  # pylint: disable=g-import-not-at-top
+    from ddpm_jax.run import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
     return
-  from ddpm_jax import modes  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.run import modes  # pylint: disable=g-import-not-at-top
   if mode == 'sample':
     modes.sample(config, workdir, checkpoint_step, allow_config_change)
   elif mode == 'eval':
@@ -104,7 +107,7 @@ def load_config():
     if FLAGS.mode == 'train':
       raise ValueError('--config is required to train (--mode=sample and --mode=eval read the workdir\'s '
                        'config.json when it is not given)')
-    from ddpm_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    from ddpm_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
     return workdir_lib.load_config(FLAGS.workdir)
   try:
     config = FLAGS.config
@@ -119,36 +122,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.traceback))
-  try:
+  with cli.one_line_errors(PROGRAM, FLAGS.traceback):
     run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.allow_config_change,
         coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
         process_id=FLAGS.process_id)
-  except (errors.NonFiniteError, errors.StorageError) as e:
-    if FLAGS.traceback:
-      raise
-    logging.error('%s', e)
-    print(f'ddpm_jax: error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except USER_ERRORS as e:
-    if FLAGS.traceback:
-      raise
-    logging.error('%s', e)
-    print(f'ddpm_jax: error: {e}', file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_flags(argv):
-  """Returns the positional arguments; an override of an unknown config key exits with one line."""
+  """Returns the positional arguments; an override of an unknown config key exits with one line.
+
+  --helpconfig prints every config key with its default and doc, and exits.
+  """
+  if '--helpconfig' in argv[1:]:
+    from ddpm_jax.config import reference  # pylint: disable=g-import-not-at-top
+    print(reference.text(), end='')
+    sys.exit(0)
   try:
     return FLAGS(argv)
   except flags.Error as e:
-    print(f'ddpm_jax: error: {e}\nPass --helpfull to see the flags.', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROGRAM, f'{e} (pass --helpfull to see the flags)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # config_flags applies --config.KEY=VALUE overrides while parsing.
-    message = ' '.join(str(e).replace('\\n', ' ').replace("\\'", "'").split())
-    print(f'ddpm_jax: error: bad config override: {message}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(PROGRAM, 'bad config override: ' + str(e).replace('\\n', ' ').replace("\\'", "'"))
 
 
 if __name__ == '__main__':

@@ -25,14 +25,16 @@ class Evaluator:
       image statistics).
     metrics: names of plug-ins (`eval_bridge.metrics.REGISTRY`).
     ms_ssim_pairs, ms_ssim_images: MS-SSIM's random pairs and reservoir size.
-    kid_subsets, seed: KID's subsets and the seed of every random draw.
+    kid_subsets: KID's subsets.
+    seed: MS-SSIM's pairs' seed; metric_seed: IS's shuffle, KID's subsets and PR's reference subsample
+      (None = seed; eval.metric_seed, torch-fidelity's 2020, in runs).
     batch_size, total, progress: Inception's batch size and progress bar.
   """
 
   def __init__(self, extractor, reference: reference_lib.Reference | Callable[[], reference_lib.Reference] | None,
                *, metrics=metrics_lib.DEFAULT, ms_ssim_pairs: int = 500, ms_ssim_images: int = 1000,
-               kid_subsets: int = 100, seed: int = 0, batch_size: int = 64, total: int | None = None,
-               progress: bool = True):
+               kid_subsets: int = 100, seed: int = 0, metric_seed: int | None = None, batch_size: int = 64,
+               total: int | None = None, progress: bool = True):
     chosen = metrics_lib.select(metrics)
     for needed, given, what in (('needs_inception', extractor, 'the Inception extractor'),
                                 ('needs_reference', reference, 'a reference set')):
@@ -42,8 +44,9 @@ class Evaluator:
     device = next(extractor.parameters()).device if extractor is not None else fidelity.default_device()
     self.context = metrics_lib.Context(
         extractor=extractor, reference_source=reference, needs_reference=any(cls.needs_reference for cls in chosen),
-        seed=seed, ms_ssim_pairs=ms_ssim_pairs, ms_ssim_images=ms_ssim_images, kid_subsets=kid_subsets,
-        batch_size=batch_size, total=total, device=device, progress=progress)
+        seed=seed, metric_seed=seed if metric_seed is None else metric_seed, ms_ssim_pairs=ms_ssim_pairs,
+        ms_ssim_images=ms_ssim_images, kid_subsets=kid_subsets, batch_size=batch_size, total=total, device=device,
+        progress=progress)
     self._metrics = [cls(self.context) for cls in chosen]
     self._num_samples = 0
 
@@ -63,7 +66,7 @@ class Evaluator:
     for metric in self._metrics:
       result.update(metric.result())
     result['num_samples'] = self._num_samples
-    if self.context.reference_used:
+    if self.context.reference_used and self.context.reference().count is not None:  # an EDM file has no count
       result['num_reference'] = self.context.reference().count
     return result
 

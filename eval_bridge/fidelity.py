@@ -25,6 +25,11 @@ FEATURE_DIM = 2048
 LOGITS_LAYER = 'logits_unbiased'  # torch-fidelity's Inception Score layer: the class logits without the fc bias
 ISC_SPLITS = 10  # torch-fidelity's default, lowered to fit small sample counts
 PRC_NEIGHBORHOOD = 3  # torch-fidelity's k (Kynkäänniemi et al. 2019)
+# Rows of the distance matrix held at once (torch-fidelity's save_cpu_ram path): 5,000 x n float32 (1 GB at
+# n = 50,000; measured 5.6 GB above the features in all, BENCHMARKS.md), where its default path holds whole
+# float64 matrices: 140 GB for 50,000 samples against a 100,000-image reference.
+PRC_BATCH_SIZE = 5000
+METRIC_SEED = 2020  # torch-fidelity's rng_seed: IS's shuffle, KID's subsets (config eval.metric_seed)
 MAX_KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small sample counts
 INCEPTION_URL = feature_extractor_inceptionv3.URL_INCEPTION_V3
 _FIX = 'or eval.every_steps=0 to turn evaluation off'
@@ -204,15 +209,32 @@ def isc(logits: np.ndarray, *, splits: int = ISC_SPLITS, seed: int = 0) -> dict[
   return {'is_mean': result[metric_isc.KEY_METRIC_ISC_MEAN], 'is_std': result[metric_isc.KEY_METRIC_ISC_STD]}
 
 
+def subsample(features: np.ndarray, size: int, seed: int = METRIC_SEED) -> np.ndarray:
+  """Returns `size` rows of features drawn without replacement from `seed` (in their order); all when size >= n."""
+  if size >= len(features):
+    return features
+  return features[np.sort(np.random.default_rng(seed).choice(len(features), size, replace=False))]
+
+
 def precision_recall(generated: np.ndarray, reference: np.ndarray, *, neighborhood: int = PRC_NEIGHBORHOOD,
-                     device='cpu') -> dict[str, float]:
-  """Returns {'precision', 'recall'}: torch-fidelity's k-NN precision and recall of generated vs reference features."""
+                     batch_size: int = PRC_BATCH_SIZE, seed: int = METRIC_SEED, device='cpu') -> dict[str, float]:
+  """Returns {'precision', 'recall', 'prc_reference_size'}: torch-fidelity's k-NN precision and recall.
+
+  As Kynkäänniemi et al.'s and ADM's code: float32 features, and a reference larger than the samples
+  subsampled (from `seed`) to their count, since both sides' k-NN radii depend on their sizes. The
+  distances are computed `batch_size` rows at a time (torch-fidelity's save_cpu_ram), so memory holds
+  batch_size x n of them, not n x n.
+  """
   for name, features in (('generated', generated), ('reference', reference)):
     _check_features(name, np.asarray(features), neighborhood + 1, f'precision and recall (k={neighborhood})')
+  as_float32 = lambda features: torch.from_numpy(np.asarray(features, np.float32)).to(device)
+  # Converted at once, so the float64 subsample is freed before the distances take their memory.
+  reference = as_float32(subsample(np.asarray(reference), len(generated), seed))
   result = metric_prc.prc_features_to_metric(
-      torch.from_numpy(np.asarray(generated, np.float64)).to(device),
-      torch.from_numpy(np.asarray(reference, np.float64)).to(device), prc_neighborhood=neighborhood, verbose=False)
-  return {'precision': result[metric_prc.KEY_METRIC_PRECISION], 'recall': result[metric_prc.KEY_METRIC_RECALL]}
+      as_float32(generated), reference, prc_neighborhood=neighborhood, prc_batch_size=batch_size,
+      save_cpu_ram=True, verbose=False)
+  return {'precision': result[metric_prc.KEY_METRIC_PRECISION], 'recall': result[metric_prc.KEY_METRIC_RECALL],
+          'prc_reference_size': len(reference)}
 
 
 @contextlib.contextmanager

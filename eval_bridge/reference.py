@@ -81,29 +81,36 @@ class Reference:
   Build it once per run (the fit of 10k features takes seconds) and share it.
   `images` (uint8 NCHW, a few hundred) enables generated-vs-reference MS-SSIM;
   `image_statistics` (`artefacts.per_image` rows) the artefact metrics. A set for
-  those alone may lack features (None, and so its `statistics`).
+  those alone may lack features (None, and so its `statistics`). A set read from a statistics file
+  may hold `statistics` alone (EDM's mu and sigma: FID only); `size` is then the count its file records.
   """
   features: np.ndarray | None
   statistics: dict[str, np.ndarray] | None
   images: torch.Tensor | None = None
   image_statistics: np.ndarray | None = None
+  size: int | None = None
 
   @property
-  def count(self) -> int:
-    """Returns the number of reference images its features (else its image statistics, else images) describe."""
+  def count(self) -> int | None:
+    """Returns the number of reference images its features (else image statistics, images, size) describe."""
     parts = (self.features, self.image_statistics, self.images)
-    return len(next(part for part in parts if part is not None))
+    return next((len(part) for part in parts if part is not None), self.size)
 
 
 def make_reference(features: np.ndarray | None, images: torch.Tensor | None = None,
-                   image_statistics: np.ndarray | None = None) -> Reference:
-  """Returns a `Reference` of these features (with their FID statistics), optional images and image statistics."""
+                   image_statistics: np.ndarray | None = None, statistics: dict[str, np.ndarray] | None = None,
+                   size: int | None = None) -> Reference:
+  """Returns a `Reference` of these features, optional images and image statistics.
+
+  Its FID statistics are `statistics` ({'mu', 'sigma'}, e.g. a file's) if given, else the features' fit.
+  """
   if images is not None:
     fidelity.check_uint8_nchw(images)
-  if features is None and image_statistics is None and images is None:
-    raise ValueError('a reference set needs features, images or image statistics; got none')
-  statistics = None if features is None else fidelity.fid_statistics(features)
-  return Reference(features, statistics, images, image_statistics)
+  if features is None and image_statistics is None and images is None and statistics is None:
+    raise ValueError('a reference set needs features, images, image statistics or FID statistics; got none')
+  if statistics is None and features is not None:
+    statistics = fidelity.fid_statistics(features)
+  return Reference(features, statistics, images, image_statistics, size)
 
 
 def reference_features(batches: Batches, cache_dir: str, *, dataset: str, split: str,
@@ -123,17 +130,19 @@ def reference_features(batches: Batches, cache_dir: str, *, dataset: str, split:
 
 
 def reference_set(batches: Batches, cache_dir: str, *, dataset: str, split: str, image_size: int, count: int,
-                  extractor=None, image_statistics: bool = False, batch_size: int = 64,
-                  progress: bool = True) -> Reference:
+                  extractor=None, image_statistics: bool = False, batch_size: int = 64, progress: bool = True,
+                  statistics: dict[str, np.ndarray] | None = None) -> Reference:
   """Returns the `Reference` of a split: Inception features given an extractor, per-image statistics if asked.
 
   Each part is cached on disk (`cache_path`, `image_statistics_path`); one pass over
-  `batches` (as in `reference_features`) computes whatever is not cached yet.
+  `batches` (as in `reference_features`) computes whatever is not cached yet. `statistics`
+  ({'mu', 'sigma'}, e.g. an ADM file's) are FID's instead of the features' fit.
   """
   key = dict(dataset=dataset, split=split, image_size=image_size, count=count)
   parts = ('features',) * (extractor is not None) + ('image_statistics',) * image_statistics
   arrays = _cached(batches, cache_dir, key, extractor, parts, batch_size, progress)
-  return make_reference(arrays.get('features'), image_statistics=arrays.get('image_statistics'))
+  return make_reference(arrays.get('features'), image_statistics=arrays.get('image_statistics'), statistics=statistics,
+                        size=count)
 
 
 def _cached(batches: Batches, cache_dir: str, key: dict, extractor, parts: tuple[str, ...], batch_size: int,

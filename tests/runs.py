@@ -14,21 +14,23 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from ddpm_jax import main
+from ddpm_jax.config import convert
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, 'tests', 'configs', 'tiny.py')
 
 
-def tiny_config(overrides: dict | None = None):
-  """Returns tests/configs/tiny.py's config with {'section.key': value} overrides applied."""
+def tiny_configdict():
+  """Returns tests/configs/tiny.py's ConfigDict, as a config file gives it to the CLI."""
   spec = importlib.util.spec_from_file_location('tiny_config', TINY)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in (overrides or {}).items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
+  return module.get_config()
+
+
+def tiny_config(overrides: dict | None = None):
+  """Returns tests/configs/tiny.py's typed config with {'section.key': value} overrides applied (and checked)."""
+  return convert.with_values(convert.from_configdict(tiny_configdict()), overrides or {})
 
 
 def run(workdir: str, overrides: dict | None = None, mode: str = 'train', checkpoint_step: int | None = None,

@@ -13,8 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ddpm_jax import checkpoints, errors
+from ddpm_jax import errors
 from ddpm_jax.core import loss_scale, train_step
+from ddpm_jax.run import checkpoints
 
 # Orbax leaves the coroutines of a failed read or write unawaited; Python reports each when it is collected.
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')

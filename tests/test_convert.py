@@ -15,10 +15,14 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from ddpm_jax import convert, convert_workdir, diffusers_layout, modes, validation
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.config import checks, convert
 from ddpm_jax.core import schedules
 from ddpm_jax.core.models.unet import UNet, count_params
+from ddpm_jax.interop import diffusers_io
+from ddpm_jax.interop import diffusers_layout
+from ddpm_jax.interop import workdir_io as convert_workdir
+from ddpm_jax.run import modes
+from ddpm_jax.run import workdir as workdir_lib
 from runs import ROOT
 
 # diffusion_tf's conventions, as google/ddpm-* configs spell them.
@@ -61,7 +65,7 @@ def forward_gap(config, params, model: UNet2DModel, seed: int = 0) -> float:
   t = np.array([1, 700])
   with torch.no_grad():
     expected = model(torch.from_numpy(x), torch.from_numpy(t)).sample.numpy()
-  ours = UNet(convert.unet_config(config)).apply({'params': params}, jnp.asarray(x.transpose(0, 2, 3, 1)),
+  ours = UNet(diffusers_io.unet_config(config)).apply({'params': params}, jnp.asarray(x.transpose(0, 2, 3, 1)),
                                                  jnp.asarray(t))
   return float(np.abs(np.asarray(ours).transpose(0, 3, 1, 2) - expected).max())
 
@@ -74,7 +78,7 @@ def forward_gap(config, params, model: UNet2DModel, seed: int = 0) -> float:
 ], ids=['ddpm', 'eps1e-5', 'two_heads', 'six_levels'])
 def test_imported_weights_give_diffusers_forward(tmp_path, layout, changes):
   model = random_unet(layout, **changes)
-  config, params = convert.from_diffusers(save(model, tmp_path / 'unet'))
+  config, params = diffusers_io.from_diffusers(save(model, tmp_path / 'unet'))
   assert config.data.image_size == layout['sample_size']
   assert count_params(params) == sum(p.numel() for p in model.parameters())
   assert forward_gap(config, params, model) < 1e-5
@@ -82,7 +86,7 @@ def test_imported_weights_give_diffusers_forward(tmp_path, layout, changes):
 
 def test_cifar10_size_imports_with_the_papers_parameter_count(tmp_path):
   model = UNet2DModel(**DDPM_LAYOUT, **CIFAR10).eval()
-  config, params = convert.from_diffusers(save(model, tmp_path / 'unet'))
+  config, params = diffusers_io.from_diffusers(save(model, tmp_path / 'unet'))
   assert count_params(params) == 35_746_307
   assert (config.model.base_channels, config.model.channel_mults, config.model.attention_resolutions) == \
       (128, (1, 2, 2, 2), (16,))
@@ -96,7 +100,7 @@ def test_swapped_tensors_break_the_forward(tmp_path):
   state[first], state[second] = state[second].clone(), state[first].clone()
   swapped = random_unet(TINY)
   swapped.load_state_dict(state)
-  config, params = convert.from_diffusers(save(swapped, tmp_path / 'unet'))
+  config, params = diffusers_io.from_diffusers(save(swapped, tmp_path / 'unet'))
   assert forward_gap(config, params, swapped) < 1e-5
   assert forward_gap(config, params, model) > 1e-3
 
@@ -112,7 +116,7 @@ def test_old_attention_names_in_a_bin_file_import(tmp_path):
     state[name] = value
   os.remove(os.path.join(folder, 'diffusion_pytorch_model.safetensors'))
   torch.save(state, os.path.join(folder, 'diffusion_pytorch_model.bin'))
-  config, params = convert.from_diffusers(folder)
+  config, params = diffusers_io.from_diffusers(folder)
   assert forward_gap(config, params, model) < 1e-5
 
 
@@ -126,7 +130,7 @@ def test_old_attention_names_in_a_bin_file_import(tmp_path):
 ], ids=['ddpm_cifar10', 'cosine_v', 'scaled_linear'])
 def test_the_scheduler_sets_the_diffusion(tmp_path, scheduler, expected):
   reference = DDPMScheduler(**scheduler)
-  config, _ = convert.from_diffusers(save(random_unet(TINY), tmp_path / 'pipeline', reference))
+  config, _ = diffusers_io.from_diffusers(save(random_unet(TINY), tmp_path / 'pipeline', reference))
   d, s = config.diffusion, config.sampling
   assert (d.schedule, d.prediction) == (expected['schedule'], expected['prediction'])
   assert s.variance == expected.get('variance', 'beta_tilde')
@@ -141,10 +145,10 @@ def test_the_scheduler_sets_the_diffusion(tmp_path, scheduler, expected):
     ('linear', 100, True)])
 def test_export_loads_in_diffusers_with_our_tensors_and_betas(tmp_path, schedule, num_timesteps, zero_terminal_snr):
   model = random_unet(TINY)
-  config, params = convert.from_diffusers(save(model, tmp_path / 'unet'))
-  config.diffusion.schedule, config.diffusion.num_timesteps = schedule, num_timesteps
-  config.diffusion.prediction, config.diffusion.zero_terminal_snr = 'v', zero_terminal_snr
-  out = convert.to_diffusers(config, params, str(tmp_path / 'export'))
+  config, params = diffusers_io.from_diffusers(save(model, tmp_path / 'unet'))
+  config = convert.with_values(config, {'diffusion.schedule': schedule, 'diffusion.num_timesteps': num_timesteps,
+                                        'diffusion.prediction': 'v', 'diffusion.zero_terminal_snr': zero_terminal_snr})
+  out = diffusers_io.to_diffusers(config, params, str(tmp_path / 'export'))
   pipeline = DDPMPipeline.from_pretrained(out)
   exported, original = pipeline.unet.state_dict(), model.state_dict()
   assert set(exported) == set(original)
@@ -152,7 +156,7 @@ def test_export_loads_in_diffusers_with_our_tensors_and_betas(tmp_path, schedule
   ours = np.asarray(schedules.make_schedule(schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr).betas)
   # diffusers rescales to zero terminal SNR in float32 (we in float64): its small betas are off by ~2e-7.
   np.testing.assert_allclose(pipeline.scheduler.betas.numpy(), ours, rtol=1e-5, atol=5e-7 if zero_terminal_snr else 1e-9)
-  assert convert.from_diffusers(out)[0].diffusion.zero_terminal_snr == zero_terminal_snr
+  assert diffusers_io.from_diffusers(out)[0].diffusion.zero_terminal_snr == zero_terminal_snr
   assert pipeline.scheduler.config.prediction_type == 'v_prediction'
   images = pipeline(batch_size=2, num_inference_steps=3, output_type='np').images
   assert images.shape == (2, 16, 16, 3) and np.isfinite(images).all()
@@ -220,7 +224,7 @@ def test_a_cached_hub_id_imports_offline(tmp_path, monkeypatch):
   model = random_unet(TINY)
   cache = hub_cache(tmp_path, 'google/ddpm-tiny', save(model, tmp_path / 'pipeline', DDPMScheduler()))
   monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
-  config, params = convert.from_diffusers('google/ddpm-tiny', cache_dir=cache)
+  config, params = diffusers_io.from_diffusers('google/ddpm-tiny', cache_dir=cache)
   assert forward_gap(config, params, model) < 1e-5
 
 
@@ -231,7 +235,7 @@ def test_an_imported_workdir_samples_with_its_own_config(tmp_path):
   convert_workdir.import_to_workdir(save(model, tmp_path / 'pipeline', scheduler), workdir)
   config = workdir_lib.load_config(workdir)
   assert config.diffusion.num_timesteps == 20
-  config.sampling.num_samples, config.sampling.batch_size = 2, 2
+  config = convert.with_values(config, {'sampling.num_samples': 2, 'sampling.batch_size': 2})
   with pytest.raises(ValueError, match='already holds a run'):
     convert_workdir.import_to_workdir(str(tmp_path / 'pipeline'), workdir)
   run = modes.open_trained_run(config, workdir)
@@ -246,10 +250,10 @@ def test_an_imported_workdir_samples_with_its_own_config(tmp_path):
   preset = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(preset)
   paper = preset.get_config(workdir)
-  assert (paper.eval.protocol, paper.sampling.variance, paper.diffusion.num_timesteps) == ('paper', 'beta', 20)
-  validation.validate_config(paper)
-  assert set(workdir_lib.check_config(workdir, paper, True)) == {'eval.protocol', 'eval.batch_size',
-                                                                  'sampling.variance'}  # free keys only
+  assert (paper.eval.protocol, paper.eval.paper_variance, paper.diffusion.num_timesteps) == ('paper', 'beta', 20)
+  paper = convert.from_configdict(paper)
+  checks.validate_config(paper)
+  assert set(workdir_lib.check_config(workdir, paper, True)) == {'eval.protocol', 'eval.batch_size'}  # free keys
 
 
 def test_export_of_a_trained_run_and_its_refusals(trained, tmp_path):
@@ -258,7 +262,7 @@ def test_export_of_a_trained_run_and_its_refusals(trained, tmp_path):
   with open(os.path.join(out, 'README.md')) as f:
     card = f.read()
   assert 'step 4' in card and 'DDPMPipeline' in card
-  config, params = convert.from_diffusers(out)
+  config, params = diffusers_io.from_diffusers(out)
   state = modes.open_trained_run(workdir_lib.load_config(trained), trained).restore()
   for a, b in zip(*(jax_leaves(tree) for tree in (params, state.ema_params))):
     np.testing.assert_array_equal(a, b)

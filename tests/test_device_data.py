@@ -1,11 +1,15 @@
 """data.on_device: batches drawn inside the train step from the whole split in device memory."""
+import logging
+import os
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ddpm_jax.core import device_data, sharding
-from runs import digest, run
+from runs import copy_run, digest, run
 
 
 def index_images(count, size=4):
@@ -59,9 +63,13 @@ def test_bad_input_is_a_clear_error():
     device_data.device_batch(jnp.zeros((5, 2, 2, 3), jnp.uint8), 0, jax.random.key(0), batch_size=8, flip=True)
 
 
-def test_trains_on_device_and_resumes_bit_exact(tmp_path):
+def test_trains_on_device_and_resumes_bit_exact(tmp_path, caplog):
+  caplog.set_level(logging.INFO, logger='absl')
   on_device = {'data.on_device': True, 'training.sample_every_steps': 1000}
-  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  for workdir, steps in ((straight, 4), (resumed, 2), (resumed, 4)):
-    run(workdir, {**on_device, 'training.num_steps': steps})
+  straight = str(tmp_path / 'straight')
+  run(straight, {**on_device, 'training.num_steps': 4})  # checkpoints at 2 and 4
+  resumed = copy_run(straight, tmp_path / 'resumed')
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '4'))
+  run(resumed, {**on_device, 'training.num_steps': 6})  # another length: the batches must not depend on it
+  assert 'Training from step 2 to 6' in caplog.text
   assert digest(resumed, 4) == digest(straight, 4)

@@ -10,13 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm_jax import components, evaluation, modes
-from ddpm_jax.events import scalars
+from ddpm_jax.config import convert
+from ddpm_jax.evaluation import scores as evaluation
+from ddpm_jax.reporting.runs import scalars
+from ddpm_jax.run import build as components
+from ddpm_jax.run import modes
 from eval_bridge import testing
 from runs import ROOT, run, tiny_config
 
+# DDIM (not the default DPM-Solver++): its summary names eta and the spacing, which the tests check.
 EVAL = {'eval.every_steps': 4, 'eval.num_samples': 8, 'eval.batch_size': 4, 'eval.num_reference': 8,
-        'eval.sampling_steps': 3, 'eval.ms_ssim_pairs': 6}
+        'eval.sampling.sampler': 'ddim', 'eval.sampling.timestep_spacing': 'leading', 'eval.sampling.num_steps': 3,
+        'eval.ms_ssim_pairs': 6}
 
 
 @pytest.fixture(scope='module')
@@ -71,23 +76,11 @@ def test_missing_weights_fail_before_training(tmp_path):
 
 @pytest.mark.parametrize('sampler,settings', [
     ('ddpm', 'ddpm 1000 steps, beta'), ('ddim', 'ddim 1000 steps, eta 0.5, trailing'),
-    ('dpmpp_2m', 'dpmpp_2m 1000 steps')])
+    ('dpmpp_2m', 'dpmpp_2m 1000 steps, trailing'), ('heun', 'heun 1000 steps, trailing')])
 def test_summary_names_only_the_settings_its_sampler_reads(sampler, settings):
   result = {'ms_ssim': 0.25, 'num_samples': 8, 'sampler': sampler, 'sampling_steps': 1000, 'variance': 'beta',
             'eta': 0.5, 'timestep_spacing': 'trailing'}
   assert evaluation.summary(4, result, ('ms_ssim',)) == f'step 4: MS-SSIM 0.2500  (n=8, {settings})'
-
-
-# Computes the reference of a folder dataset in a process of its own, as a second evaluation would.
-REFERENCE_SCRIPT = """
-import json, sys
-sys.path.insert(0, 'tests')
-from runs import tiny_config
-from ddpm_jax import components, evaluation
-config = tiny_config(json.loads(sys.argv[1]))
-config.eval.metrics = ('fid',)
-evaluation.Evaluation(config, components.build(config)).reference()
-"""
 
 
 def test_reference_features_are_cached_by_content_across_processes(env, weights, tmp_path):
@@ -99,18 +92,21 @@ def test_reference_features_are_cached_by_content_across_processes(env, weights,
                'eval.inception_weights': weights, 'eval.reference_cache_dir': str(cache), 'eval.num_reference': 6}
 
   def reference_in_a_new_process(**changes):
-    subprocess.run([sys.executable, '-c', REFERENCE_SCRIPT, json.dumps({**overrides, **changes})], cwd=ROOT, env={**env, 'PYTHONHASHSEED': 'random'},
-                   check=True, capture_output=True, timeout=600)
+    # As a second evaluation would: a process of its own, with other string hashes.
+    program = os.path.join(ROOT, 'tests', 'programs', 'reference_features.py')
+    result = subprocess.run([sys.executable, program, json.dumps({**overrides, **changes})], cwd=ROOT,
+                            env={**env, 'PYTHONHASHSEED': 'random'}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     return {path: os.path.getmtime(path) for path in glob.glob(os.path.join(cache, '*.npz'))}
 
   config = tiny_config(overrides)
-  config.eval.metrics = ('fid',)
+  config = convert.with_values(config, {'eval.metrics': ('fid',)})
   evaluation.Evaluation(config, components.build(config)).reference()
   first = {path: os.path.getmtime(path) for path in glob.glob(os.path.join(cache, '*.npz'))}
   assert len(first) == 1
   assert reference_in_a_new_process() == first  # found by the other process, not recomputed
   other_weights = testing.write_random_inception_weights(str(tmp_path / 'other.pth'), seed=1)
-  config.eval.inception_weights = other_weights
+  config = convert.with_values(config, {'eval.inception_weights': other_weights})
   evaluation.Evaluation(config, components.build(config)).reference()
   assert len(glob.glob(os.path.join(cache, '*.npz'))) == 2
   Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(folder / '0.png')  # the folder's content changes
@@ -127,7 +123,7 @@ def test_the_paper_protocol_scores_ddpm_over_all_steps_against_the_whole_train_s
   config = tiny_config({**EVAL, 'data.dataset': f'folder:{folder}', 'data.data_dir': str(tmp_path / 'data'),
                         'eval.inception_weights': weights, 'eval.reference_cache_dir': str(tmp_path / 'cache'),
                         'eval.protocol': 'paper', 'eval.paper_num_samples': 4})
-  config.eval.metrics = ('fid', 'ms_ssim')
+  config = convert.with_values(config, {'eval.metrics': ('fid', 'ms_ssim')})
   state = modes.open_trained_run(config, workdir, allow_config_change=True).restore()
   scoring = evaluation.Evaluation(config, components.build(config))
   tf32_during_inception = []

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from clitools import cli, error_line, start
-from ddpm_jax.events import scalars
+from ddpm_jax.reporting.runs import scalars
 from runs import ROOT, checkpoint_steps, copy_run, run
 
 
@@ -62,14 +63,14 @@ def files_and_times(workdir: str) -> dict:
 
 
 @pytest.mark.parametrize('key,value,message', [
-    ('diffusion.schedule', 'quadratic', "unknown schedule 'quadratic'; valid schedules: linear, cosine"),
-    ('diffusion.loss', 'l3', "unknown diffusion.loss 'l3'; valid: mse, mae, huber"),
-    ('diffusion.prediction', 'score', "unknown diffusion.prediction 'score'; valid: eps, x0, v"),
+    ('diffusion.schedule', 'quadratic', "diffusion.schedule='quadratic' is not one of {'linear', 'cosine'"),
+    ('diffusion.loss', 'l3', "diffusion.loss='l3' is not one of {'mse', 'mae', 'huber'}"),
+    ('diffusion.prediction', 'score', "diffusion.prediction='score' is not one of {'eps', 'x0', 'v'}"),
     ('data.image_size', 9, 'image_size=9 does not fit 2 levels'),
 ])
 def test_bad_values_fail_with_their_message_and_leave_the_workdir_alone(trained, key, value, message):
   before = files_and_times(trained)
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=re.escape(message)):
     run(trained, {key: value, 'training.num_steps': 8})
   assert files_and_times(trained) == before
 
@@ -78,7 +79,7 @@ def test_a_bad_value_is_one_line_on_stderr_with_exit_status_2_and_leaves_the_wor
   before = files_and_times(trained)
   result = cli(env, f'--workdir={trained}', '--config.sampling.sampler=euler', '--config.training.num_steps=8')
   assert result.returncode == 2
-  assert "unknown sampling.sampler 'euler'; valid: ddpm, ddim" in error_line(result.stderr)
+  assert "sampling.sampler='euler' is not one of {'ddpm', 'ddim'" in error_line(result.stderr)
   assert 'Traceback' not in result.stderr
   assert files_and_times(trained) == before
 

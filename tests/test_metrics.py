@@ -6,6 +6,7 @@ eigendecomposition of a 2048x2048 matrix (~10-30 s on a small CPU). Where the
 answer is known only for chosen features or logits, an `Oracle` stands in for it.
 """
 import json
+import os
 import pkgutil
 import subprocess
 import sys
@@ -17,7 +18,12 @@ from torch_fidelity import metric_fid, metric_isc, metric_kid, metric_prc
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 import runs
-from ddpm_jax import events, evaluation, figures, report, validation
+from ddpm_jax import report
+from ddpm_jax.config import checks
+from ddpm_jax.evaluation import scores as evaluation
+from ddpm_jax.reporting import figures
+from ddpm_jax.reporting import runs as events
+from ddpm_jax.run import workdir as workdir_lib
 from eval_bridge import artefacts, evaluator, fidelity, metrics, ms_ssim, reference, testing
 
 NUM_FEATURES = 6  # fewer than the samples: full-rank covariances, so FID is well conditioned
@@ -106,9 +112,8 @@ def test_unknown_metric_is_one_line_listing_the_known():
 
 
 def test_the_registry_imports_without_torch():
-  code = ('import sys\nimport eval_bridge.metrics, ddpm_jax.events, ddpm_jax.report, ddpm_jax.validation\n'
-          'print(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "torch_fidelity")))')
-  result = subprocess.run([sys.executable, '-c', code], cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
+  program = os.path.join(runs.ROOT, 'tests', 'programs', 'registry_without_torch.py')
+  result = subprocess.run([sys.executable, program], cwd=runs.ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == '[]'
 
@@ -117,31 +122,42 @@ def test_the_registry_imports_without_torch():
 
 def test_fid_kid_is_and_pr_equal_torch_fidelitys_on_the_same_features(extractor, reference_set):
   ref, ref_features = reference_set
-  images = uint8_images(9, 16, seed=2)
+  # 12 samples in IS's 10 splits: two splits hold 2 samples, so IS > 1 and its std > 0 (9 samples in 9 splits
+  # scored 1 ± 0 whatever the logits: a comparison of numerical zeros).
+  images = uint8_images(12, 16, seed=2)
   scorer = evaluator.Evaluator(extractor, ref, metrics=('fid', 'kid', 'isc', 'prc'), kid_subsets=5, seed=3,
                                progress=False)
   for chunk in torch.split(images, 4):
     scorer.update(chunk)
   result = scorer.result()
-  features, logits = direct_features(extractor, images), direct_features(extractor, images, output=1)
-  isc = metric_isc.isc_features_to_metric(logits, splits=9, shuffle=True, rng_seed=3)  # 10 splits, fewer samples
-  np.testing.assert_allclose([result['is_mean'], result['is_std']],
-                             [isc[metric_isc.KEY_METRIC_ISC_MEAN], isc[metric_isc.KEY_METRIC_ISC_STD]], rtol=1e-5)
+  with torch.inference_mode():  # one pass of all 12: Inception's float32 output may differ by an ulp from batches of 4
+    features, logits = (output.double() for output in extractor(images))
+  isc = metric_isc.isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=3)
+  theirs = np.array([isc[metric_isc.KEY_METRIC_ISC_MEAN] - 1, isc[metric_isc.KEY_METRIC_ISC_STD]])
+  assert theirs.min() > 1e-5, theirs  # IS - 1 and its std are ~1e-4 here: not numerical zero
+  # Both are quadratic in the logits' differences within a split (~1e-2): an ulp of the logits (~6e-8) moves them
+  # by ~1e-5 of themselves at most; the wrong shuffle or split moves them by ~50%.
+  np.testing.assert_allclose([result['is_mean'] - 1, result['is_std']], theirs, rtol=1e-5)
   prc = metric_prc.prc_features_to_metric(features, ref_features, prc_neighborhood=3, verbose=False)
   assert (result['precision'], result['recall']) == (prc['precision'], prc['recall'])
   fid = metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(features),
                                             metric_fid.fid_features_to_statistics(ref_features), verbose=False)
-  kid = metric_kid.kid_features_to_metric(features, ref_features, kid_subsets=5, kid_subset_size=9, rng_seed=3,
+  kid = metric_kid.kid_features_to_metric(features, ref_features, kid_subsets=5, kid_subset_size=10, rng_seed=3,
                                           verbose=False)
-  np.testing.assert_allclose(result['fid'], fid[metric_fid.KEY_METRIC_FID], rtol=1e-6)
-  np.testing.assert_allclose(result['kid_mean'], kid[metric_kid.KEY_METRIC_KID_MEAN], rtol=1e-6)
-  np.testing.assert_allclose(result['kid_std'], kid[metric_kid.KEY_METRIC_KID_STD], rtol=1e-6)
-  assert (result['kid_subset_size'], result['num_samples'], result['num_reference']) == (9, 9, 10)
+  # FID and KID (~1e-4; KID's mean may be 0) are quadratic in the features: an ulp of each (eps32 * scale) moves them
+  # by ~NUM_FEATURES * scale * eps32 * scale (~5e-8) at most, an absolute bound.
+  atol = NUM_FEATURES * np.finfo(np.float32).eps * float(features.abs().max()) ** 2
+  np.testing.assert_allclose(result['fid'], fid[metric_fid.KEY_METRIC_FID], rtol=1e-6, atol=atol)
+  np.testing.assert_allclose(result['kid_mean'], kid[metric_kid.KEY_METRIC_KID_MEAN], rtol=1e-6, atol=atol)
+  np.testing.assert_allclose(result['kid_std'], kid[metric_kid.KEY_METRIC_KID_STD], rtol=1e-6, atol=atol)
+  assert (result['kid_subset_size'], result['num_samples'], result['num_reference']) == (10, 12, 10)
   assert 'ms_ssim' not in result
   settings = scorer.settings()
   assert settings['kid'] | settings['isc'] | settings['prc'] == {
-      'subsets': 5, 'subset_size': 9, 'seed': 3, 'kernel': 'poly', 'degree': 3, 'gamma': '1 / feature dim',
-      'coef0': 1, 'splits': 9, 'layer': 'logits_unbiased', 'neighborhood': 3, 'feature_layer': '2048'}
+      'subsets': 5, 'subset_size': 10, 'seed': 3, 'kernel': 'poly', 'degree': 3, 'gamma': '1 / feature dim',
+      'coef0': 1, 'splits': 10, 'layer': 'logits_unbiased', 'neighborhood': 3, 'feature_layer': '2048',
+      'feature_dtype': 'float32', 'reference_used': 10, 'reference_available': 10, 'subsample_seed': 3,
+      'distance_rows_per_block': 5000}
   json.dumps(settings)  # evaluations record them in their JSON
 
 
@@ -158,11 +174,14 @@ def test_ms_ssim_equals_torchmetrics_on_the_reservoir_and_against_reference_imag
   ref = reference.make_reference(np.random.default_rng(0).normal(size=(5, NUM_FEATURES)), images=ref_images)
   result = evaluate(None, ref, images, ('ms_ssim',), batch=4, ms_ssim_pairs=40, ms_ssim_images=6, seed=7)
   first, second = ms_ssim.random_pairs(6, 40, seed=7)  # the reservoir: the first 6 samples
-  np.testing.assert_allclose(result['ms_ssim'], torchmetrics_ms_ssim(images, images, first, second), rtol=1e-6)
+  # MS-SSIM of unrelated images is near 0 (~0.08 here), a product of float32 factors of scale 1 that batches of
+  # other sizes may round apart: an absolute floor of 1e-6 (~8 ulps of 1) beside the relative tolerance.
+  np.testing.assert_allclose(result['ms_ssim'], torchmetrics_ms_ssim(images, images, first, second), rtol=1e-6,
+                             atol=1e-6)
   rng = np.random.default_rng(7)
   first, second = rng.integers(0, 6, 40), rng.integers(0, 5, 40)
   np.testing.assert_allclose(result['ms_ssim_vs_reference'], torchmetrics_ms_ssim(images, ref_images, first, second),
-                             rtol=1e-6)
+                             rtol=1e-6, atol=1e-6)
   assert (result['num_samples'], result['num_reference']) == (10, 5)
 
 
@@ -195,9 +214,10 @@ def tiny_config(**eval_overrides):
 
 
 def test_evaluation_with_ms_ssim_alone_loads_no_inception():
-  from ddpm_jax import components as components_lib  # pylint: disable=g-import-not-at-top  # only this test builds
-  config = tiny_config(every_steps=4, metrics=('ms_ssim',), inception_weights='/nowhere/weights.pth', num_samples=4,
-                       batch_size=4, sampling_steps=3, ms_ssim_pairs=6)
+  from ddpm_jax.run import build as components_lib  # pylint: disable=g-import-not-at-top  # only this test builds
+  config = runs.tiny_config({'eval.every_steps': 4, 'eval.metrics': ('ms_ssim',), 'eval.num_samples': 4,
+                             'eval.inception_weights': '/nowhere/weights.pth', 'eval.batch_size': 4,
+                             'eval.sampling.num_steps': 3, 'eval.ms_ssim_pairs': 6})
   evaluation.check_setup(config)  # the weights don't exist, and needn't
   components = components_lib.build(config)
   run = evaluation.Evaluation(config, components)  # loading Inception from /nowhere would fail
@@ -205,7 +225,7 @@ def test_evaluation_with_ms_ssim_alone_loads_no_inception():
   result = run.evaluate(state.ema_params, state.rng)  # the reference needs Inception: it was not computed
   assert run.extractor is None and set(metrics.required_keys(('ms_ssim',))) <= set(result)
   # The sampler's settings after the count are evaluation's (tests/test_evaluation.py); the metrics' part is ours.
-  assert run.summary(4, result).startswith(f'step 4: MS-SSIM {result["ms_ssim"]:.4f}  (n=4, ddim 3 steps')
+  assert run.summary(4, result).startswith(f'step 4: MS-SSIM {result["ms_ssim"]:.4f}  (n=4, dpmpp_2m 3 steps')
   with pytest.raises(ValueError, match="eval.inception_weights='/nowhere/weights.pth' does not exist"):
     evaluation.check_setup(tiny_config(every_steps=4, metrics=('kid',), inception_weights='/nowhere/weights.pth'))
 
@@ -222,17 +242,19 @@ def test_summary_line_of_the_default_metrics():
 @pytest.mark.parametrize('names, message', [
     (('fdi',), f"eval.metrics: unknown metric 'fdi'; known: {KNOWN}"),
     ((), f'eval.metrics: no metric chosen; known: {KNOWN}'),
+    ('fid,kid', "eval.metrics='fid,kid' must be a tuple of strings (a tuple on the command line: "
+                "--config.eval.metrics=\"('fid', 'kid')\")"),
     (('fid,kid',), f"eval.metrics: unknown metric 'fid,kid'; known: {KNOWN} (a tuple on the command line: "
                    "--config.eval.metrics=\"('fid', 'kid')\")"),
 ])
 def test_config_with_a_bad_metric_choice_is_a_one_line_error(names, message):
   with pytest.raises(ValueError) as error:
-    validation.validate_config(tiny_config(every_steps=4, metrics=names))
+    tiny_config(every_steps=4, metrics=names)
   assert str(error.value) == message
 
 
 def test_config_with_known_metrics_validates():
-  validation.validate_config(tiny_config(every_steps=4, metrics=('ms_ssim', 'kid')))
+  checks.validate_config(tiny_config(every_steps=4, metrics=('ms_ssim', 'kid')))
 
 
 class Brightness(metrics.Metric):
@@ -264,7 +286,7 @@ def brightness():
 
 def run_of(name: str, names, evals) -> events.Run:
   """Returns a Run of the tiny config that evaluated `names` at `evals`."""
-  config = json.loads(tiny_config(metrics=names).to_json_best_effort())
+  config = workdir_lib.as_json(tiny_config(metrics=names))
   return events.Run(name, config, {'loss': {1: 1.0, 2: 0.5}}, evals, None, None)
 
 

@@ -15,9 +15,12 @@ from PIL import Image
 from clitools import ROOT
 from configs import ext_cosine_v_min_snr, ext_linear_offset, ext_linear_zero_snr_v, linear_mse
 from runs import copy_run, run, tiny_config
-from ddpm_jax import evaluation, events, figures, report
+from ddpm_jax import report
+from ddpm_jax.evaluation import scores as evaluation
+from ddpm_jax.reporting import figures
+from ddpm_jax.reporting import runs as events
 from eval_bridge import artefacts, evaluator, reference
-from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
+from ddpm_jax.core.models.unet import UNet, count_params
 
 # Two runs that differ in schedule, loss and model size, so a row that mixed them up would show.
 RUNS = {
@@ -39,7 +42,7 @@ def expected_params(overrides: dict) -> int:
   """Returns count_params of the run's U-Net, from its shapes."""
   config = tiny_config(overrides)
   size = config.data.image_size
-  init = functools.partial(UNet(UNetConfig(**config.model)).init, train=False)
+  init = functools.partial(UNet(config.model).init, train=False)
   shapes = jax.eval_shape(init, jax.random.key(0), jnp.zeros((1, size, size, 3)), jnp.zeros((1,), jnp.int32))
   return count_params(shapes['params'])
 

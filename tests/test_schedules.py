@@ -145,14 +145,12 @@ def test_zero_terminal_snr_ends_in_pure_noise_and_keeps_every_field_finite(name)
 
 
 def test_zero_terminal_snr_with_eps_prediction_is_a_one_line_config_error():
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from ddpm_jax import validation  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  config.diffusion.zero_terminal_snr = True
+  from ddpm_jax.config import checks, convert, schema  # pylint: disable=g-import-not-at-top
+  config = convert.with_values(schema.Config(), {'diffusion.zero_terminal_snr': True,
+                                                 'eval.sampling.timestep_spacing': 'trailing'})
   with pytest.raises(ValueError) as error:
-    validation.check_diffusion(config)
+    checks.check_diffusion(config)
   assert str(error.value) == ("diffusion.zero_terminal_snr=True with diffusion.prediction='eps': at alpha_bar_T = 0 "
                               "the noise carries no information about the image; use diffusion.prediction='v' or 'x0'")
   for prediction in ('v', 'x0'):
-    config.diffusion.prediction = prediction
-    validation.check_diffusion(config)
+    checks.check_diffusion(convert.with_values(config, {'diffusion.prediction': prediction}))

@@ -2,7 +2,7 @@
 import math
 import warnings
 
-from ddpm_jax import train
+from ddpm_jax.run import train
 
 
 def test_logged_means_skip_non_finite_steps_and_warn_about_nothing():

@@ -146,7 +146,9 @@ def test_remat_keeps_the_param_names_the_loss_and_the_gradients():
   barriers = lambda config: loss_and_grads.lower(config, params).as_text().count('optimization_barrier')
   assert barriers(remat) > 0 and barriers(TINY_8PX) == 0
   (loss, grads), (remat_loss, remat_grads) = loss_and_grads(TINY_8PX, params), loss_and_grads(remat, params)
-  np.testing.assert_allclose(float(remat_loss), float(loss), rtol=1e-6)  # dropout 0.5: the same masks too
+  # Another program may sum the 2 x 8 x 8 x 3 squared errors in another order: eps32 * sqrt(384) ~ 2e-6 apart at
+  # most (seen: 2e-7); other dropout masks move the loss by ~10%.
+  np.testing.assert_allclose(float(remat_loss), float(loss), rtol=1e-5)  # dropout 0.5: the same masks too
   for got, want in zip(jax.tree_util.tree_leaves(remat_grads), jax.tree_util.tree_leaves(grads)):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
 

@@ -5,16 +5,12 @@ import os
 
 import pytest
 
-from configs import default
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax.config import convert, schema
+from ddpm_jax.run import workdir as workdir_lib
 
 
 def config(**overrides):
-  result = default.get_config()
-  for key, value in overrides.items():
-    section, name = key.split('__')
-    result[section][name] = value
-  return result
+  return convert.with_values(schema.Config(), {key.replace('__', '.'): value for key, value in overrides.items()})
 
 
 def test_first_start_writes_config_json(tmp_path):
@@ -32,7 +28,7 @@ def test_a_change_to_what_is_trained_is_refused_with_the_differences(tmp_path, o
   before = (tmp_path / 'config.json').read_text()
   key, value = next(iter(overrides.items()))
   name = key.replace('__', '.')
-  old = default.get_config()[key.split('__')[0]][key.split('__')[1]]
+  old = getattr(getattr(schema.Config(), key.split('__')[0]), key.split('__')[1])
   with pytest.raises(ValueError, match='in what it trains') as error:
     workdir_lib.check_config(str(tmp_path), config(**overrides), has_checkpoints=True)
   assert f'{name}: {old!r} -> {value!r}' in str(error.value) and '--allow_config_change' in str(error.value)
@@ -77,8 +73,9 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 
 def test_a_key_added_by_a_newer_version_does_not_block_resuming(tmp_path):
-  old = config()
-  del old.data['on_device']
-  workdir_lib.record_config(str(tmp_path), old, {})
+  old = workdir_lib.as_json(config())
+  del old['data']['on_device']
+  with open(os.path.join(tmp_path, 'config.json'), 'w') as f:
+    json.dump(old, f)
   changes = workdir_lib.check_config(str(tmp_path), config(), has_checkpoints=True)
   assert changes == {'data.on_device': ('<absent>', False)}

@@ -1,5 +1,7 @@
 """The diffusion math: forward noising, training losses, DDPM, DDIM and DPM-Solver++(2M) steps, the sampler.
 
+The updates shared with the noise-level grids (and heun) live in `solvers`, the grids in `timesteps`.
+
 Pure: imports only jax and numpy. Every function takes the Schedule explicitly and
 draws no randomness of its own; noise and keys come in as arguments.
 """
@@ -8,22 +10,17 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ddpm_jax.core import solvers, timesteps
 from ddpm_jax.core.schedules import Schedule
+from ddpm_jax.core.solvers import PREDICTIONS
+# The reverse process's timestep grids live in `timesteps`; these names stay here for the callers of old.
+from ddpm_jax.core.timesteps import (SAMPLERS, TIMESTEP_SPACINGS, check_choice, ddim_timesteps,  # noqa: F401
+                                     dpm_solver_timesteps, sampling_timesteps)
 
 LOSSES = ('mse', 'mae', 'huber')
-PREDICTIONS = ('eps', 'x0', 'v')
-SAMPLERS = ('ddpm', 'ddim', 'dpmpp_2m')
 VARIANCES = ('beta_tilde', 'beta')
-TIMESTEP_SPACINGS = ('leading', 'linspace', 'trailing')
 LOSS_WEIGHTINGS = ('none', 'min_snr')
-
-
-def check_choice(kind: str, value, valid) -> None:
-  """Raises ValueError naming the value and the valid choices when value is not one of them."""
-  if value not in valid:
-    raise ValueError(f'unknown {kind} {value!r}; valid: {", ".join(valid)}')
 
 
 def broadcast_to_rank(values: jnp.ndarray, ndim: int) -> jnp.ndarray:
@@ -52,14 +49,7 @@ def _signal_noise(schedule, t, ndim, alpha_bar=None):
 
 def to_x0(schedule, model_output, x_t, t, prediction):
   """Returns the x0 that a model output of the given prediction type implies."""
-  a, s = _signal_noise(schedule, t, x_t.ndim)
-  if prediction == 'eps':
-    return (x_t - s * model_output) / a
-  if prediction == 'x0':
-    return model_output
-  if prediction == 'v':
-    return a * x_t - s * model_output
-  raise ValueError(f'unknown prediction {prediction!r}; valid: {", ".join(PREDICTIONS)}')
+  return solvers.x0_from(model_output, x_t, *_signal_noise(schedule, t, x_t.ndim), prediction)
 
 
 def eps_from_x0(schedule, x0, x_t, t):
@@ -184,9 +174,7 @@ def ddim_step(schedule: Schedule, model_output, t, t_prev, x_t, noise, *, eta=0.
   alphas_cumprod_ext = jnp.append(schedule.alphas_cumprod, 1.0)
   alpha_bar_prev = extract(alphas_cumprod_ext, jnp.where(t_prev >= 0, t_prev, schedule.num_timesteps),
                            x_t.ndim)
-  sigma = eta * jnp.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
-  direction = jnp.sqrt(jnp.maximum(1.0 - alpha_bar_prev - sigma ** 2, 0.0)) * eps
-  return jnp.sqrt(alpha_bar_prev) * x0 + direction + sigma * noise
+  return solvers.ddim_update(x0, eps, alpha_bar, alpha_bar_prev, noise, eta)
 
 
 def dpmpp_2m_step(schedule: Schedule, model_output, t, t_prev, x_t, x0_last, h_last, *, clip_denoised=True,
@@ -203,66 +191,9 @@ def dpmpp_2m_step(schedule: Schedule, model_output, t, t_prev, x_t, x0_last, h_l
     x0 = jnp.clip(x0, -1.0, 1.0)
   alpha, sigma = _signal_noise(schedule, t, x_t.ndim)
   alpha_prev, sigma_prev = _signal_noise_prev(schedule, t_prev, x_t.ndim)
-  # lambda is -inf where alpha_bar = 0 (zero terminal SNR) and +inf at the clean image, so h is
-  # infinite at such a step and h_last after it: the where keeps both out of the update.
-  h = (jnp.log(alpha_prev) - jnp.log(sigma_prev)) - (jnp.log(alpha) - jnp.log(sigma))
-  second_order = broadcast_to_rank(jnp.asarray(t_prev) >= 0, x_t.ndim) & jnp.isfinite(h_last)
-  ratio = jnp.where(second_order, h / h_last, 0.0)  # diffusers' 1 / r0
-  data = x0 + 0.5 * ratio * (x0 - x0_last)  # D0 + D1 / 2 of the midpoint solver
-  # diffusers' (sigma_prev / sigma) x - alpha_prev (exp(-h) - 1) D, written without exp(-h), which is
-  # alpha sigma_prev / (sigma alpha_prev) and so finite at alpha = 0 and at sigma_prev = 0.
-  return sigma_prev / sigma * (x_t - alpha * data) + alpha_prev * data, x0, h
-
-
-def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
-  """Returns DDIM's num_steps timesteps, noisiest first, as diffusers' DDIMScheduler.set_timesteps spaces them.
-
-  leading: multiples of T // n from 0 (the DDIM paper's; the first step may start well below T-1);
-  linspace: n evenly spaced from 0 to T-1, rounded; trailing: T - 1 - multiples of T / n, rounded,
-  so the first step starts from pure noise at T-1 (Lin et al. 2023). leading and linspace put
-  the lone step of n = 1 at t = 0.
-  """
-  check_choice('timestep_spacing', spacing, TIMESTEP_SPACINGS)
-  if spacing == 'leading':
-    return np.arange(num_steps)[::-1] * (num_timesteps // num_steps)
-  if spacing == 'linspace':
-    return np.linspace(0, num_timesteps - 1, num_steps).round()[::-1]
-  # np.arange as diffusers calls it (its rounding at ties is what makes the values equal); it
-  # sometimes yields n + 1 values, the last one past the end, which diffusers then runs as t = -1.
-  return np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps))[:num_steps] - 1
-
-
-def dpm_solver_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-  """Returns DPM-Solver++'s num_steps timesteps, noisiest first: DPMSolverMultistepScheduler's default spacing.
-
-  That is n + 1 points evenly spaced from 0 to T-1, rounded, less the last (t = 0): the
-  final step goes from the smallest of them straight to the clean image.
-  """
-  return np.linspace(0, num_timesteps - 1, num_steps + 1).round()[::-1][:-1]
-
-
-def sampling_timesteps(num_timesteps: int, sampler: str, num_steps=None, spacing='leading'):
-  """Returns (t, t_prev) int32 arrays of the reverse process, from noisiest to cleanest; the last t_prev is -1.
-
-  spacing (leading | linspace | trailing) places ddim's steps; ddpm runs all T steps and
-  dpmpp_2m has its own spacing (`dpm_solver_timesteps`), so neither reads it.
-  """
-  check_choice('sampler', sampler, SAMPLERS)
-  check_choice('timestep_spacing', spacing, TIMESTEP_SPACINGS)
-  num_steps = num_timesteps if num_steps is None else int(num_steps)
-  if sampler == 'ddpm' and num_steps != num_timesteps:
-    raise ValueError(f'the ddpm sampler runs all {num_timesteps} steps, got num_steps={num_steps}; '
-                     f'use sampler=ddim or dpmpp_2m for fewer steps')
-  # dpmpp_2m's n + 1 points would repeat a timestep (a zero step in lambda) beyond T - 1 steps.
-  most = num_timesteps - 1 if sampler == 'dpmpp_2m' else num_timesteps
-  if not 1 <= num_steps <= most:
-    raise ValueError(f'num_steps={num_steps} is out of range for {sampler}; valid: 1..{most}')
-  if sampler == 'dpmpp_2m':
-    ts = dpm_solver_timesteps(num_timesteps, num_steps)
-  else:  # every spacing gives ddpm's T-1, ..., 0
-    ts = ddim_timesteps(num_timesteps, num_steps, spacing)
-  ts = jnp.asarray(ts, jnp.int32)
-  return ts, jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
+  x_prev, h = solvers.dpmpp_2m_update(x_t, x0, x0_last, h_last, alpha, sigma, alpha_prev, sigma_prev,
+                                      broadcast_to_rank(jnp.asarray(t_prev) >= 0, x_t.ndim))
+  return x_prev, x0, h
 
 
 def sample(denoise_fn: Callable, schedule: Schedule, rng, shape, *, sampler='ddpm', num_steps=None,
@@ -274,15 +205,22 @@ def sample(denoise_fn: Callable, schedule: Schedule, rng, shape, *, sampler='ddp
   `jax.tree_util.Partial(apply_fn, params)` as denoise_fn to keep params traced
   (no recompilation when they change); a plain function is compiled once per object.
   x_T, when given, replaces the starting noise drawn from rng (the steps' noise still comes from rng).
+  timestep_spacing (`timesteps.SPACINGS`): leading, linspace or trailing place ddim's and heun's
+  timesteps (dpmpp_2m keeps its own); logsnr and karras place ddim's, dpmpp_2m's and heun's noise
+  levels (`timesteps.sampling_grid`, `solvers.sample_on_grid`). ddpm runs all T steps.
   """
   check_choice('sampler', sampler, SAMPLERS)
   check_choice('variance', variance, VARIANCES)
   check_choice('prediction', prediction, PREDICTIONS)
-  ts, t_prevs = sampling_timesteps(schedule.num_timesteps, sampler, num_steps, timestep_spacing)
   if not isinstance(denoise_fn, jax.tree_util.Partial):
     denoise_fn = jax.tree_util.Partial(denoise_fn)
   init_key, loop_key = jax.random.split(rng)
   x_T = jax.random.normal(init_key, tuple(shape), jnp.float32) if x_T is None else jnp.asarray(x_T, jnp.float32)
+  if timesteps.on_noise_levels(sampler, timestep_spacing):
+    ts, sigmas = timesteps.sampling_grid(schedule, sampler, num_steps, timestep_spacing)
+    return solvers.sample_on_grid(denoise_fn, ts, sigmas, x_T, loop_key, sampler=sampler, eta=eta,
+                                  clip_denoised=clip_denoised, prediction=prediction)
+  ts, t_prevs = sampling_timesteps(schedule.num_timesteps, sampler, num_steps, timestep_spacing)
   return _sample_scan(denoise_fn, schedule, x_T, loop_key, ts, t_prevs, eta, sampler=sampler, variance=variance,
                       clip_denoised=clip_denoised, prediction=prediction)
 

@@ -9,24 +9,31 @@ from typing import Callable, Iterator, Mapping
 
 import jax
 
-from ddpm_jax.core import diffusion, sharding
+from ddpm_jax.core import diffusion, sharding, timesteps
+from ddpm_jax.core.options import option
 from ddpm_jax.core.schedules import Schedule
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-  """How to run the reverse process: what a config section (`config.sampling`) says."""
-  sampler: str  # ddpm | ddim | dpmpp_2m
-  num_steps: int | None  # reverse steps (ddpm always takes all T; dpmpp_2m at most T-1)
-  variance: str  # ddpm's variance: beta_tilde | beta
-  eta: float  # ddim's stochasticity
-  clip_denoised: bool  # clip the predicted x0 to [-1, 1] at every step (dpmpp_2m: each data prediction it uses)
-  timestep_spacing: str = 'leading'  # ddim's steps: leading | linspace | trailing (ddpm, dpmpp_2m: their own)
+  """How to run the reverse process: `config.sampling`'s (grids, --mode=sample) or `config.eval.sampling`'s."""
+  sampler: str = option('ddpm', 'ddpm | ddim | dpmpp_2m (DPM-Solver++(2M)) | heun (Karras et al. 2022, 2 model calls '
+                        'a step but the last)', choices=timesteps.SAMPLERS)
+  num_steps: int = option(1000, 'reverse steps (ddpm takes all T; ddim and heun up to T; dpmpp_2m up to T-1, or T on '
+                          'logsnr and karras)', low=1)
+  variance: str = option('beta_tilde', "ddpm's variance: beta_tilde (posterior) | beta", choices=diffusion.VARIANCES)
+  eta: float = option(0.0, "ddim's stochasticity (0 = deterministic, 1 = DDPM-like)", low=0.0, high=1.0)
+  clip_denoised: bool = option(True, 'clip the predicted x0 to [-1, 1] at every step')
+  timestep_spacing: str = option('leading', "ddim's and heun's timesteps: leading (DDIM paper, diffusers) | linspace "
+                                 "(T-1..0) | trailing; or ddim's, dpmpp_2m's and heun's noise levels: logsnr (uniform "
+                                 'in log-SNR) | karras (rho = 7)', choices=timesteps.SPACINGS)
 
   @classmethod
-  def from_section(cls, section: Mapping) -> 'SamplerSettings':
-    """Returns the settings of a config section with these keys (others, e.g. num_samples, are ignored)."""
-    return cls(**{field.name: section[field.name] for field in dataclasses.fields(cls)})
+  def from_section(cls, section) -> 'SamplerSettings':
+    """Returns the settings a section holds: itself, or the fields of a section with more (config.sampling)."""
+    if type(section) is cls:  # pylint: disable=unidiomatic-typecheck
+      return section
+    return cls(**{field.name: getattr(section, field.name) for field in dataclasses.fields(cls)})
 
 
 def make_sample_fn(apply_fn: Callable, schedule: Schedule, settings: SamplerSettings, *, prediction: str,
@@ -64,9 +71,14 @@ class Sampler:
 
   @property
   def name(self) -> str:
-    """Returns the sampler and its step count, e.g. 'ddim50' or 'ddpm1000'."""
-    steps = self.num_timesteps if self.settings.sampler == 'ddpm' else self.settings.num_steps
-    return f'{self.settings.sampler}{steps}'
+    """Returns the sampler, its step count and any grid but the default, e.g. 'ddim50', 'dpmpp_2m20_logsnr'.
+
+    Files named by it (--mode=sample's) then differ whenever the samples would.
+    """
+    s = self.settings
+    if s.sampler == 'ddpm':
+      return f'ddpm{self.num_timesteps}'
+    return f'{s.sampler}{s.num_steps}' + ('' if s.timestep_spacing == 'leading' else f'_{s.timestep_spacing}')
 
   def sample(self, params, rng, batch_size: int) -> jax.Array:
     """Returns one batch of batch_size images in [-1, 1], NHWC."""

@@ -8,6 +8,7 @@ With grad_accum_steps = k > 1 one optimizer step runs k microbatches in a `lax.s
 (memory of one microbatch), its timesteps and noise drawn for the whole batch as with
 k = 1; with float16 compute the state carries a dynamic loss scale (`loss_scale`).
 """
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -34,6 +35,32 @@ class TrainState:
   # float16 compute only: the dynamic loss scale. None (no leaves) otherwise, so the state's tree, its
   # checkpoints and its digest are those of earlier versions.
   loss_scale: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a train step optimises and how: the loss, its weighting, the noise, the EMA and the microbatches.
+
+  One value, passed whole from the config's diffusion and training sections to the jitted step.
+  """
+  loss: str = 'mse'  # mse | mae | huber
+  prediction: str = 'eps'  # what the network predicts: eps | x0 | v
+  loss_weighting: str = 'none'  # none | min_snr
+  min_snr_gamma: float = 5.0
+  huber_delta: float = 1.0  # the huber loss's switch from quadratic to linear
+  offset_noise: float = 0.0  # std of a per-image, per-channel constant added to the noise (0 = off)
+  ema_decay: float = 0.9999
+  ema_warmup: bool = True
+  grad_accum_steps: int = 1  # microbatches per optimizer step
+
+  def check(self) -> None:
+    """Returns None; raises a one-line ValueError for an unknown loss or prediction or a bad microbatch count."""
+    diffusion.check_choice('loss', self.loss, diffusion.LOSSES)
+    diffusion.check_choice('prediction', self.prediction, diffusion.PREDICTIONS)
+    diffusion.check_choice('loss_weighting', self.loss_weighting, diffusion.LOSS_WEIGHTINGS)
+    k = self.grad_accum_steps
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+      raise ValueError(f'training.grad_accum_steps={k!r} must be an integer >= 1')
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -87,13 +114,14 @@ def draw_noise(rng, step, x0, offset_noise: float):
   return noise + offset_noise * jax.random.normal(keys.offset_noise_key(rng, step), offset_shape, x0.dtype)
 
 
-def loss_and_grads(params, x0, t, noise, dropout_key, *, apply_fn: Callable, schedule: Schedule, loss: str,
-                   prediction: str, scale=None, loss_weighting: str = 'none', min_snr_gamma: float = 5.0):
+def loss_and_grads(params, x0, t, noise, dropout_key, *, apply_fn: Callable, schedule: Schedule,
+                   objective: Objective, scale=None):
   """Returns (the mean loss on x0, its gradient), the gradient multiplied by `scale` when one is given."""
   def compute_loss(params):
     model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs={'dropout': dropout_key})
-    return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=loss, prediction=prediction,
-                             loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma)
+    return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=objective.loss, prediction=objective.prediction,
+                             huber_delta=objective.huber_delta, loss_weighting=objective.loss_weighting,
+                             min_snr_gamma=objective.min_snr_gamma)
 
   if scale is None:
     return jax.value_and_grad(compute_loss)(params)
@@ -141,9 +169,7 @@ def accumulated_loss_and_grads(loss_and_grads_fn: Callable, params, x0, t, noise
 
 
 def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedule,
-               optimizer: optax.GradientTransformation, loss: str, prediction: str, ema_decay: float,
-               ema_warmup: bool = True, grad_accum_steps: int = 1, offset_noise: float = 0.0,
-               loss_weighting: str = 'none', min_snr_gamma: float = 5.0, batch_sharding=None):
+               optimizer: optax.GradientTransformation, objective: Objective, batch_sharding=None):
   """Returns (the state after one optimizer step on batch['image'], a dict of scalar metrics).
 
   Timesteps and noise are drawn for the whole batch, then split into grad_accum_steps
@@ -152,20 +178,20 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedu
   """
   x0 = batch['image']
   t = jax.random.randint(keys.timesteps_key(state.rng, state.step), (x0.shape[0],), 0, schedule.num_timesteps)
-  noise = draw_noise(state.rng, state.step, x0, offset_noise)
+  noise = draw_noise(state.rng, state.step, x0, objective.offset_noise)
   scale = None if state.loss_scale is None else state.loss_scale.scale
-  grads_fn = functools.partial(loss_and_grads, apply_fn=apply_fn, schedule=schedule, loss=loss,
-                               prediction=prediction, scale=scale, loss_weighting=loss_weighting,
-                               min_snr_gamma=min_snr_gamma)
-  if grad_accum_steps == 1:  # the step of earlier versions, key for key
+  grads_fn = functools.partial(loss_and_grads, apply_fn=apply_fn, schedule=schedule, objective=objective,
+                               scale=scale)
+  if objective.grad_accum_steps == 1:  # the step of earlier versions, key for key
     loss_value, grads = grads_fn(state.params, x0, t, noise, keys.dropout_key(state.rng, state.step))
   else:
     dropout_key_of = lambda index: keys.microbatch_dropout_key(state.rng, state.step, index)
     loss_value, grads = accumulated_loss_and_grads(grads_fn, state.params, x0, t, noise, dropout_key_of,
-                                                   grad_accum_steps, batch_sharding)
+                                                   objective.grad_accum_steps, batch_sharding)
   if scale is not None:
     grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-  return apply_gradients(state, loss_value, grads, optimizer=optimizer, ema_decay=ema_decay, ema_warmup=ema_warmup)
+  return apply_gradients(state, loss_value, grads, optimizer=optimizer, ema_decay=objective.ema_decay,
+                         ema_warmup=objective.ema_warmup)
 
 
 def apply_gradients(state: TrainState, loss_value, grads, *, optimizer: optax.GradientTransformation,
@@ -201,42 +227,30 @@ def _count_overflow(state: TrainState, new_state: TrainState, metrics: dict, fin
   return new_state, metrics
 
 
-def _check_options(loss: str, prediction: str, grad_accum_steps: int) -> None:
-  """Returns None; raises a one-line ValueError for an unknown loss or prediction or a bad microbatch count."""
-  diffusion.check_choice('loss', loss, diffusion.LOSSES)
-  diffusion.check_choice('prediction', prediction, diffusion.PREDICTIONS)
-  if isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-    raise ValueError(f'training.grad_accum_steps={grad_accum_steps!r} must be an integer >= 1')
-
-
-def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
-                    loss: str, prediction: str, ema_decay: float, **options):
+def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation,
+                    objective: Objective, *, batch_sharding=None):
   """Returns the jitted train step `(state, batch) -> (state, metrics)`, with the state donated.
 
-  options: train_step's ema_warmup, grad_accum_steps, offset_noise, loss_weighting, min_snr_gamma and
-  batch_sharding (the sharding each microbatch keeps when grad_accum_steps > 1).
+  batch_sharding: the sharding each microbatch keeps when objective.grad_accum_steps > 1.
   """
-  _check_options(loss, prediction, options.get('grad_accum_steps', 1))
-  step = functools.partial(train_step, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
-                           prediction=prediction, ema_decay=ema_decay, **options)
+  objective.check()
+  step = functools.partial(train_step, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer,
+                           objective=objective, batch_sharding=batch_sharding)
   return jax.jit(step, donate_argnums=0)
 
 
-def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation, *,
-                                loss: str, prediction: str, ema_decay: float, batch_size: int, flip: bool,
-                                batch_sharding, **options):
+def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation,
+                                objective: Objective, *, batch_size: int, flip: bool, batch_sharding):
   """Returns the jitted step `(state, images on device) -> (state, metrics)` that draws its own batch.
 
   The batch (rows, flips) comes from `device_data.device_batch` with the run's base key,
   split across devices by `batch_sharding`; the state is donated, the images are not.
-  options: as make_train_step's.
   """
-  _check_options(loss, prediction, options.get('grad_accum_steps', 1))
+  objective.check()
 
   def step(state: TrainState, images):
-    batch = device_data.device_batch(images, state.step, state.rng, batch_size=batch_size,
-                                     flip=flip)
+    batch = device_data.device_batch(images, state.step, state.rng, batch_size=batch_size, flip=flip)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, loss=loss,
-                      prediction=prediction, ema_decay=ema_decay, batch_sharding=batch_sharding, **options)
+    return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, objective=objective,
+                      batch_sharding=batch_sharding)
   return jax.jit(step, donate_argnums=0)

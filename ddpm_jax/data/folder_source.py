@@ -26,6 +26,7 @@ import os
 
 from absl import logging
 
+from ddpm_jax import paths
 from ddpm_jax.data import cache
 from ddpm_jax.data import preprocess
 
@@ -88,16 +89,11 @@ def fingerprint(root: str, files: list[str]) -> str:
   return digest.hexdigest()
 
 
-def _default_cache_root() -> str:
-  """Returns ~/.cache/ddpm_jax (or $XDG_CACHE_HOME/ddpm_jax)."""
-  return os.path.join(os.environ.get('XDG_CACHE_HOME') or '~/.cache', 'ddpm_jax')
-
-
 def _cache_path(root: str, files: list[str], image_size: int, data_dir: str) -> str:
   """Returns the cache file for this folder, its current contents and `image_size`."""
   folder_id = hashlib.sha256(root.encode('utf-8', 'surrogateescape')).hexdigest()[:8]
   name = f'{os.path.basename(root) or "root"}-{folder_id}'
-  return os.path.join(cache.cache_root(data_dir, _default_cache_root()), 'folder', name,
+  return os.path.join(cache.cache_root(data_dir, paths.cache_root()), 'folder', name,
                       f'{image_size}px-{fingerprint(root, files)[:16]}.npy')
 
 

@@ -9,7 +9,7 @@ import pkgutil
 
 from eval_bridge.metrics._registry import (DEFAULT, REGISTRY, Column, Context, FeatureMetric, Metric, Panel, get,
                                            needs_image_statistics, needs_inception, needs_reference_features, ranking,
-                                           register, required_keys, select, summary)
+                                           reference_parts, register, required_keys, select, summary)
 
 # The default metrics' modules first (each is named for its metric): tables keep FID, KID, MS-SSIM leading.
 for _name in sorted((m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith('_')),

@@ -42,7 +42,8 @@ class Context:
   extractor: Any = None  # torch-fidelity's Inception; None when no chosen metric needs it
   reference_source: Any = None  # a Reference, or a zero-argument callable computing one (called only when needed)
   needs_reference: bool = False  # a chosen metric needs the reference, so an optional use may compute it too
-  seed: int = 0
+  seed: int = 0  # MS-SSIM's pairs
+  metric_seed: int = 2020  # IS's shuffle, KID's subsets, PR's reference subsample: torch-fidelity's rng_seed
   ms_ssim_pairs: int = 500
   ms_ssim_images: int = 1000
   kid_subsets: int = 100
@@ -95,7 +96,9 @@ class Metric(abc.ABC):
   `settings()` says how the result was computed, for the evaluation's record.
   What it needs: `needs_inception` the samples' Inception features (and, with
   `needs_reference`, the reference's); `needs_image_statistics` the reference's
-  per-image statistics (`eval_bridge.artefacts`).
+  per-image statistics (`eval_bridge.artefacts`). `reference_parts` names what of the reference it reads
+  ('statistics': the Gaussian fit, 'features', 'image_statistics'), so a reference-statistics file
+  that lacks a part can refuse the metrics that read it before sampling.
   """
   name: str = ''  # the registry key, as in config.eval.metrics
   keys: tuple[str, ...] = ()
@@ -107,6 +110,7 @@ class Metric(abc.ABC):
   needs_inception: bool = False
   needs_reference: bool = False
   needs_image_statistics: bool = False
+  reference_parts: tuple[str, ...] = ()
 
   def __init__(self, context: Context):
     self.context = context
@@ -139,6 +143,7 @@ class FeatureMetric(Metric):
   """A metric of Inception features (FID, KID, PR against the reference's; IS): features are shared, computed once."""
   needs_inception = True
   needs_reference = True
+  reference_parts = ('features',)
 
   def update(self, images) -> None:
     self.context.add_features(images)
@@ -197,6 +202,11 @@ def needs_inception(names: Iterable[str]) -> bool:
 def needs_reference_features(names: Iterable[str]) -> bool:
   """Returns whether any of these metrics compares Inception features with the reference set's (FID, KID, PR)."""
   return any(cls.needs_inception and cls.needs_reference for cls in select(names))
+
+
+def reference_parts(names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+  """Returns {metric name: the reference parts it reads} of these metrics (those that read none left out)."""
+  return {cls.name: cls.reference_parts for cls in select(names) if cls.reference_parts}
 
 
 def needs_image_statistics(names: Iterable[str]) -> bool:

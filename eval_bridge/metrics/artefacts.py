@@ -27,6 +27,7 @@ class Artefacts(_registry.Metric):
           "the reference's")
   needs_reference = True
   needs_image_statistics = True
+  reference_parts = ('image_statistics',)
 
   def __init__(self, context: _registry.Context):
     super().__init__(context)

@@ -10,6 +10,7 @@ class Fid(_registry.FeatureMetric):
   columns = (_registry.Column('FID', '{fid:.2f}'),)
   panels = (_registry.Panel('fid', 'FID ↓'),)
   summary = 'FID {fid:.2f}'
+  reference_parts = ('statistics',)  # the reference's mu and sigma alone: EDM's and clean-fid's files suffice
 
   def result(self) -> dict[str, float]:
     """Returns {'fid'}."""

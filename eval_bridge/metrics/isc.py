@@ -13,15 +13,16 @@ class Isc(_registry.FeatureMetric):
   note = 'IS is mean ± std over splits'
   lower_is_better = False
   needs_reference = False
+  reference_parts = ()
 
   def result(self) -> dict[str, float]:
-    """Returns {'is_mean', 'is_std'} over min(10, n) splits of the samples shuffled from context.seed."""
+    """Returns {'is_mean', 'is_std'} over min(10, n) splits of the samples shuffled from context.metric_seed."""
     from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
     logits = self.context.logits()
     self._splits = min(fidelity.ISC_SPLITS, len(logits))
-    return fidelity.isc(logits, splits=self._splits, seed=self.context.seed)
+    return fidelity.isc(logits, splits=self._splits, seed=self.context.metric_seed)
 
   def settings(self) -> dict:
     """Returns the splits (after result()), the shuffle's seed and the logits' layer."""
     from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top
-    return {'splits': getattr(self, '_splits', None), 'seed': self.context.seed, 'layer': fidelity.LOGITS_LAYER}
+    return {'splits': getattr(self, '_splits', None), 'seed': self.context.metric_seed, 'layer': fidelity.LOGITS_LAYER}

@@ -13,14 +13,14 @@ class Kid(_registry.FeatureMetric):
   note = 'KID is mean ± std over subsets'
 
   def result(self) -> dict[str, float]:
-    """Returns {'kid_mean', 'kid_std', 'kid_subset_size'} over context.kid_subsets subsets drawn from context.seed."""
+    """Returns {'kid_mean', 'kid_std', 'kid_subset_size'} over context.kid_subsets subsets from context.metric_seed."""
     from eval_bridge import fidelity  # pylint: disable=g-import-not-at-top  # torch; the registry must not load it
     result = fidelity.kid(self.context.features(), self.context.reference().features,
-                          subsets=self.context.kid_subsets, seed=self.context.seed)
+                          subsets=self.context.kid_subsets, seed=self.context.metric_seed)
     self._subset_size = result['kid_subset_size']
     return result
 
   def settings(self) -> dict:
     """Returns the subsets, their size (after result()) and torch-fidelity's polynomial kernel."""
     return {'subsets': self.context.kid_subsets, 'subset_size': getattr(self, '_subset_size', None),
-            'seed': self.context.seed, 'kernel': 'poly', 'degree': 3, 'gamma': '1 / feature dim', 'coef0': 1}
+            'seed': self.context.metric_seed, 'kernel': 'poly', 'degree': 3, 'gamma': '1 / feature dim', 'coef0': 1}

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddpm_jax.core.options import option
+
 # float16 needs dynamic loss scaling in the train step (its range is too narrow for raw gradients).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 _ATTENTION_IMPLS = (None, 'xla', 'cudnn')
@@ -25,18 +27,23 @@ _default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
-  """The model's slice of the config; built as `UNetConfig(**config.model)`."""
-  base_channels: int = 128
-  channel_mults: Tuple[int, ...] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  attention_resolutions: Tuple[int, ...] = (16,)
-  num_heads: int = 1
-  dropout: float = 0.1
-  num_groups: int = 32
-  norm_eps: float = 1e-6  # GroupNorm epsilon: diffusion_tf's 1e-6; most diffusers models use 1e-5
-  dtype: str = 'float32'  # compute dtype; params are always float32
-  attention_impl: Optional[str] = None  # passed to jax.nn.dot_product_attention
-  remat: bool = False  # recompute each ResBlock's and AttentionBlock's activations in the backward pass
+  """The model's section of the config (`config.model`); the defaults are the study's 63M-parameter network."""
+  base_channels: int = option(128, 'channels at the first resolution', low=4)
+  channel_mults: Tuple[int, ...] = option((1, 2, 3, 3), 'channels = base * mult per resolution; one downsample '
+                                          'between levels', low=1)
+  num_res_blocks: int = option(2, 'residual blocks per resolution on the way down', low=1)
+  attention_resolutions: Tuple[int, ...] = option((16,), 'feature-map sizes that get self-attention', low=1)
+  num_heads: int = option(4, 'attention heads', low=1)
+  dropout: float = option(0.1, 'dropout inside residual blocks during training', low=0.0, high=1.0, high_open=True)
+  num_groups: int = option(32, 'GroupNorm groups', low=1)
+  norm_eps: float = option(1e-6, "GroupNorm epsilon (diffusion_tf's 1e-6; diffusers models often use 1e-5)",
+                           low=0.0, high=1.0, low_open=True, high_open=True)
+  dtype: str = option('float32', 'compute dtype of convs and attention; params, EMA and Adam stay float32 '
+                      '(float16 scales the loss dynamically)', choices=tuple(_DTYPES))
+  attention_impl: Optional[str] = option(None, "jax.nn.dot_product_attention's implementation: None picks cuDNN's "
+                                         "fused kernel where it applies, else XLA", choices=_ATTENTION_IMPLS)
+  remat: bool = option(False, "recompute each res/attention block's activations in the backward pass: less "
+                       'memory, more time')
 
   def __post_init__(self):
     # ConfigDict slices hand over lists; a frozen, hashable config needs tuples.

@@ -11,6 +11,7 @@ import re
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from ddpm_jax import paths
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 
@@ -32,7 +33,7 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
   """
   values = {}
   # The file names start with the creation time in seconds, so name order is write order.
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+  for path in paths.Workdir(workdir).event_files():
     accumulator = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
     accumulator.Reload()
     for tag in accumulator.Tags()['tensors']:
@@ -63,7 +64,7 @@ def check_workdir(workdir: str) -> None:
   """Returns None; raises a one-line FileNotFoundError when workdir is no run's workdir."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir!r} does not exist')
-  if not os.path.isfile(os.path.join(workdir, 'config.json')):
+  if not os.path.isfile(paths.Workdir(workdir).config_file):
     raise FileNotFoundError(f'workdir {workdir!r} has no config.json; pass the --workdir of a training run')
 
 
@@ -76,10 +77,10 @@ def read_json(path: str) -> dict:
     raise ValueError(f'{path} is not valid JSON ({e.msg}, line {e.lineno})') from None
 
 
-def files_by_step(directory: str, pattern: str) -> dict[int, str]:
-  """Returns {N: path} of the files in directory whose names match pattern, (\\d+) being the step."""
-  paths = glob.glob(os.path.join(directory, '*'))
-  matches = ((re.fullmatch(pattern, os.path.basename(p)), p) for p in paths)
+def files_by_step(directory: str, pattern: re.Pattern) -> dict[int, str]:
+  """Returns {N: path} of the files in directory whose names match pattern, its group 1 being the step."""
+  found = glob.glob(os.path.join(directory, '*'))
+  matches = ((pattern.fullmatch(os.path.basename(p)), p) for p in found)
   return {int(m.group(1)): p for m, p in matches if m}
 
 
@@ -98,7 +99,7 @@ def eval_keys(config: dict, workdir: str = '') -> tuple[str, ...]:
   try:
     return metrics_lib.required_keys(metric_names(config)) + ('num_samples',)
   except ValueError as e:  # a plug-in this version lacks
-    raise ValueError(f'{os.path.join(workdir, "config.json")}: eval.metrics: {e}') from None
+    raise ValueError(f'{paths.Workdir(workdir).config_file}: eval.metrics: {e}') from None
 
 
 def missing_keys(evaluation: dict, metrics: list[type[metrics_lib.Metric]]) -> list[str]:
@@ -118,7 +119,7 @@ def read_evals(workdir: str, config: dict) -> list[dict]:
   """Returns workdir's eval/step_<N>.json dicts by step; a damaged one (see missing_keys) is a one-line ValueError."""
   evals, required = [], eval_keys(config, workdir)
   metrics = metrics_lib.select(metric_names(config))
-  for step, path in sorted(files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()):
+  for step, path in sorted(files_by_step(paths.Workdir(workdir).evals, paths.EVAL_FILE).items()):
     evaluation = read_json(path)
     missing = missing_keys(evaluation, metrics)
     if missing:
@@ -131,7 +132,7 @@ def read_evals(workdir: str, config: dict) -> list[dict]:
 def read_run(workdir: str, name: str) -> Run:
   """Returns the Run of workdir: config, logged scalars, evaluations and the last sample grid."""
   check_workdir(workdir)
-  grids = files_by_step(os.path.join(workdir, 'samples'), r'step_(\d+)\.png')
+  grids = files_by_step(paths.Workdir(workdir).samples, paths.GRID_FILE)
   grid_step = max(grids, default=None)
-  config = read_json(os.path.join(workdir, 'config.json'))
+  config = read_json(paths.Workdir(workdir).config_file)
   return Run(name, config, scalars(workdir), read_evals(workdir, config), grid_step, grids.get(grid_step))

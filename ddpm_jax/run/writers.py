@@ -1,19 +1,20 @@
 """Weights & Biases logging: a CLU MetricWriter beside the default TensorBoard writer, one wandb run per workdir.
 
 wandb is an optional extra and takes a while to import, so it is imported only when config.logging.wandb asks
-for it. The run's id lives in the workdir (RUN_ID_FILE), so a resumed workdir logs to the same wandb run.
+for it. The run's id lives in the workdir (paths.Workdir.wandb_run_id), so a resumed workdir logs to the same wandb run.
 """
 import os
 import secrets
 from typing import Any, Mapping
 
 import jax
-import ml_collections
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 
-RUN_ID_FILE = 'wandb_run_id.txt'
+from ddpm_jax import paths
+from ddpm_jax.config import schema
+
 STEP_KEY = 'step'  # the x-axis of every metric (see WandbWriter)
 
 
@@ -72,7 +73,7 @@ class WandbWriter(interface.MetricWriter):
 
 def run_id(workdir: str) -> str:
   """Returns the workdir's wandb run id, creating and saving one on the workdir's first wandb run."""
-  path = os.path.join(workdir, RUN_ID_FILE)
+  path = paths.Workdir(workdir).wandb_run_id
   if os.path.exists(path):
     with open(path) as f:
       return f.read().strip()
@@ -83,7 +84,7 @@ def run_id(workdir: str) -> str:
   return new_id
 
 
-def init_run(logging_config: ml_collections.ConfigDict, workdir: str):
+def init_run(logging_config: schema.LoggingConfig, workdir: str):
   """Returns a started wandb run for the workdir (resumed when the workdir has one); raises a one-line ValueError."""
   import wandb  # pylint: disable=g-import-not-at-top
   lc = logging_config
@@ -97,7 +98,7 @@ def init_run(logging_config: ml_collections.ConfigDict, workdir: str):
                      f'--config.logging.wandb_mode=offline and `wandb sync` later') from None
 
 
-def create_writer(config: ml_collections.ConfigDict, workdir: str,
+def create_writer(config: schema.Config, workdir: str,
                   process_index: int | None = None) -> interface.MetricWriter:
   """Returns the run's writer: TensorBoard and the log, plus wandb on process 0 when config.logging.wandb.
 

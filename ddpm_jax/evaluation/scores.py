@@ -1,52 +1,63 @@
 """The chosen metrics (config.eval.metrics: FID, KID, MS-SSIM, ...) of EMA samples, in training and in --mode=eval."""
 import contextlib
-import hashlib
 import json
 import os
 import re
 
 import jax
-import ml_collections
-import numpy as np
 import tqdm
 from absl import logging
 
-from ddpm_jax import components as components_lib
-from ddpm_jax import data, eval_protocol
+from ddpm_jax import data, paths
+from ddpm_jax.config import schema
 from ddpm_jax.core import keys
+from ddpm_jax.evaluation import protocol as eval_protocol
+from ddpm_jax.evaluation import reference_stats
+from ddpm_jax.evaluation.reference_stats import content_digest, weights_digest  # noqa: F401  # used here; live there
+from ddpm_jax.run import build as components_lib
 from eval_bridge import convert, evaluator, fidelity, metrics as metrics_lib, reference
 
 
-def check_setup(config: ml_collections.ConfigDict, force: bool = False) -> None:
-  """Raises a one-line ValueError, before any training, when evaluation is on and needs Inception that can't be had."""
-  if (config.eval.every_steps or force) and metrics_lib.needs_inception(config.eval.metrics):
+def check_setup(config: schema.Config, force: bool = False) -> None:
+  """Raises a one-line ValueError, before any training or sampling, when evaluation is on and can't run.
+
+  That is: Inception that can't be had, or an eval.reference_stats file that can't serve the chosen
+  metrics, or was computed at another image size or with another Inception (reference_stats.check).
+  """
+  if not (config.eval.every_steps or force):
+    return
+  if metrics_lib.needs_inception(config.eval.metrics):
     try:
       fidelity.check_inception_weights(config.eval.inception_weights)
     except RuntimeError as e:
       raise ValueError(str(e)) from None
+  if config.eval.reference_stats:
+    reference_stats.check(config)
 
 
-def sampler_section(config: ml_collections.ConfigDict) -> dict:
-  """Returns evaluations' sampler settings: eval's sampler, steps and spacing; sampling's variance, eta, clipping."""
-  s = config.sampling
-  return {'sampler': config.eval.sampler, 'num_steps': config.eval.sampling_steps, 'variance': s.variance,
-          'eta': s.eta, 'clip_denoised': s.clip_denoised, 'timestep_spacing': config.eval.timestep_spacing}
-
-
-def settings(config: ml_collections.ConfigDict) -> dict:
+def settings(config: schema.Config) -> dict:
   """Returns what makes metrics comparable: the sampler, its steps, the variance and the sample count."""
   e = config.eval
-  return {'sampler': e.sampler, 'sampling_steps': e.sampling_steps, 'variance': config.sampling.variance,
-          'eta': config.sampling.eta, 'timestep_spacing': e.timestep_spacing, 'num_samples': e.num_samples}
+  return {'sampler': e.sampling.sampler, 'sampling_steps': e.sampling.num_steps, 'variance': e.sampling.variance,
+          'eta': e.sampling.eta, 'timestep_spacing': e.sampling.timestep_spacing, 'num_samples': e.num_samples}
+
+
+def make_evaluation(config: schema.Config, components: components_lib.Components, force: bool = False):
+  """Returns the run's Evaluation when eval.every_steps > 0 (or force), else None; checks Inception first."""
+  if not (config.eval.every_steps or force):
+    return None
+  check_setup(config, force=force)
+  return Evaluation(config, components, progress=force)  # force: --mode=eval, which shows progress
 
 
 class Evaluation:
   """Holds what every evaluation of a run reuses: the Inception extractor, the reference and the sampler.
 
-  Inception loads, and the reference features are computed, only if a chosen metric needs them.
+  Inception loads, and the reference features are computed, only if a chosen metric needs them. With
+  eval.reference_stats the reference is that file's (checked by `check_setup`, at start-up).
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, components: components_lib.Components,
+  def __init__(self, config: schema.Config, components: components_lib.Components,
                progress: bool = False):
     config = eval_protocol.resolve(config)  # what the protocol evaluates: eval.* or the paper's settings
     self.config, self.progress = config, progress and jax.process_index() == 0
@@ -54,21 +65,23 @@ class Evaluation:
     if metrics_lib.needs_inception(config.eval.metrics):
       self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
     self.sampler = components_lib.make_sampler(config, components.model, components.schedule, components.mesh,
-                                               sampler_section(config))
+                                               config.eval.sampling)
+    path = config.eval.reference_stats
+    self.reference_file = reference_stats.open_file(path) if path else None
     self._reference = None
 
   def reference(self) -> reference.Reference:
-    """Returns the reference set's features, computed on first use and cached on disk."""
+    """Returns the reference set: eval.reference_stats's, else the split's features, computed on first use."""
     if self._reference is None:
-      c = self.config
-      count = min(c.eval.num_reference, len(data.make_source(c.data, c.data.eval_split)))
-      images = lambda: data.make_eval_iterator(c.data, c.data.eval_split, batch_size=64, max_examples=count)
-      self._reference = reference.reference_set(
-          images, reference_cache_dir(c), dataset=reference_key(c, images()), split=c.data.eval_split,
-          image_size=c.data.image_size, count=count,
-          extractor=self.extractor if metrics_lib.needs_reference_features(c.eval.metrics) else None,
-          image_statistics=metrics_lib.needs_image_statistics(c.eval.metrics))
+      self._reference = load_reference(self.config, self.extractor, self.reference_file, self.progress)
     return self._reference
+
+  def scorer(self) -> evaluator.Evaluator:
+    """Returns a new Evaluator of the chosen metrics against the reference (computed when a metric first needs it)."""
+    e = self.config.eval
+    return evaluator.Evaluator(self.extractor, self.reference, metrics=e.metrics, ms_ssim_pairs=e.ms_ssim_pairs,
+                               total=e.num_samples, seed=self.config.seed, metric_seed=e.metric_seed,
+                               progress=self.progress)
 
   def evaluate(self, params, rng) -> dict:
     """Returns the metrics of eval.num_samples samples of params, streamed batch by batch, plus the settings.
@@ -78,8 +91,7 @@ class Evaluation:
     e = self.config.eval
     # The paper protocol's Inception runs in full float32 (no TF32), as the papers' did.
     with fidelity.full_float32() if e.protocol == 'paper' else contextlib.nullcontext():
-      scorer = evaluator.Evaluator(self.extractor, self.reference, metrics=e.metrics, ms_ssim_pairs=e.ms_ssim_pairs,
-                                   total=e.num_samples, seed=self.config.seed, progress=self.progress)
+      scorer = self.scorer()
       batches = self.sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size)
       if self.progress:  # samples and their features stream: memory holds one batch of images at a time
         batches = tqdm.tqdm(batches, total=-(-e.num_samples // e.batch_size), unit='batch',
@@ -87,7 +99,9 @@ class Evaluation:
       for batch in batches:
         scorer.update(convert.to_torch_uint8_nchw(batch))
       result = scorer.result()
-    return {**result, **settings(self.config), **eval_protocol.settings(self.config),
+    source = {} if self.reference_file is None else reference_stats.settings(self.reference_file,
+                                                                               self.config.data.image_size)
+    return {**result, **settings(self.config), **eval_protocol.settings(self.config), **source,
             'metric_settings': scorer.settings()}
 
   def evaluate_and_write(self, state, workdir: str, step: int, writer=None) -> dict:
@@ -102,34 +116,30 @@ class Evaluation:
     return summary(step, metrics, self.config.eval.metrics)
 
 
-def reference_cache_dir(config: ml_collections.ConfigDict) -> str:
+def reference_cache_dir(config: schema.Config) -> str:
   """Returns where reference features are cached (eval.reference_cache_dir, else ~/.cache/ddpm_jax/...)."""
-  return config.eval.reference_cache_dir or os.path.join(
-      os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'ddpm_jax', 'reference_features')
+  return config.eval.reference_cache_dir or os.path.join(paths.cache_root(), 'reference_features')
 
 
-def content_digest(batches) -> str:
-  """Returns the SHA-256 of the uint8 images the batches hold (shapes and bytes): what the reference set is."""
-  digest = hashlib.sha256()
-  for batch in batches:
-    batch = np.ascontiguousarray(batch)
-    digest.update(repr(batch.shape).encode())
-    digest.update(batch.tobytes())
-  return digest.hexdigest()
+def load_reference(config: schema.Config, extractor, stats: reference_stats.StatsFile | None = None,
+                   progress: bool = False) -> reference.Reference:
+  """Returns what an evaluation compares with: the file `stats` (eval.reference_stats), else data.eval_split's.
+
+  A split's features and image statistics, as the chosen metrics need them, are cached on disk by content
+  (with a progress bar, always); `progress` shows one for an ADM file's images.
+  """
+  if stats is not None:
+    return reference_stats.load(config, stats, extractor, reference_cache_dir(config), progress)
+  count = min(config.eval.num_reference, len(data.make_source(config.data, config.data.eval_split)))
+  images = lambda: data.make_eval_iterator(config.data, config.data.eval_split, batch_size=64, max_examples=count)
+  return reference.reference_set(
+      images, reference_cache_dir(config), dataset=reference_key(config, images()), split=config.data.eval_split,
+      image_size=config.data.image_size, count=count,
+      extractor=extractor if metrics_lib.needs_reference_features(config.eval.metrics) else None,
+      image_statistics=metrics_lib.needs_image_statistics(config.eval.metrics))
 
 
-def weights_digest(path: str) -> str:
-  """Returns the SHA-256 of an Inception weights file; '' (torch-fidelity's download) is named by its pinned URL."""
-  if not path:
-    return 'torch-fidelity-' + fidelity.EXTRACTOR_NAME
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 24), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def reference_key(config: ml_collections.ConfigDict, images) -> str:
+def reference_key(config: schema.Config, images) -> str:
   """Returns the cache key of the reference set: the dataset's name, its images' digest and the weights' digest.
 
   Keyed by content, so a folder that gained images or another weights file computes new features,
@@ -141,7 +151,7 @@ def reference_key(config: ml_collections.ConfigDict, images) -> str:
 
 def write_results(workdir: str, step: int, metrics: dict, writer=None, names=metrics_lib.DEFAULT) -> str:
   """Writes workdir/eval/step_<N>.json and, given a writer, eval/<key> scalars of metrics `names`; returns the path."""
-  path = os.path.join(workdir, 'eval', f'step_{step}.json')
+  path = paths.Workdir(workdir).eval_file(step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
     json.dump({'step': step, **metrics}, f, indent=2, sort_keys=True)
@@ -162,7 +172,8 @@ def summary(step: int, metrics: dict, names=metrics_lib.DEFAULT) -> str:
 
 
 # The settings each sampler reads; a summary names no other (DDIM has no variance to show, DPM-Solver++ no eta).
-_SAMPLER_SETTINGS = {'ddpm': ('variance',), 'ddim': ('eta', 'timestep_spacing')}
+_SAMPLER_SETTINGS = {'ddpm': ('variance',), 'ddim': ('eta', 'timestep_spacing'), 'dpmpp_2m': ('timestep_spacing',),
+                     'heun': ('timestep_spacing',)}
 
 
 def sampler_summary(metrics: dict) -> str:

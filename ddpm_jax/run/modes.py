@@ -7,21 +7,23 @@ import dataclasses
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ddpm_jax import checkpoints, images
-from ddpm_jax import components as components_lib
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax import paths
+from ddpm_jax.config import schema
 from ddpm_jax.core import keys
+from ddpm_jax.run import build as components_lib
+from ddpm_jax.run import checkpoints
+from ddpm_jax.run import images
+from ddpm_jax.run import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainedRun:
   """A workdir opened for reading: what its config builds, and its checkpoints."""
-  config: ml_collections.ConfigDict
+  config: schema.Config
   components: components_lib.Components
   manager: ocp.CheckpointManager
 
@@ -34,14 +36,14 @@ class TrainedRun:
     return checkpoints.restore(self.manager, components_lib.abstract_state(self.config, self.components), step=step)
 
 
-def open_trained_run(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False) -> TrainedRun:
+def open_trained_run(config: schema.Config, workdir: str, allow_config_change: bool = False) -> TrainedRun:
   """Returns the workdir opened for reading, once its saved config.json allows this config."""
   workdir_lib.check_config(workdir, config, True, allow_config_change)
   components = components_lib.build(config)
   return TrainedRun(config, components, checkpoints.make_manager(workdir, config.training.keep_checkpoints))
 
 
-def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+def sample(config: schema.Config, workdir: str, checkpoint_step: int | None = None,
            allow_config_change: bool = False) -> str | None:
   """Writes sampling.num_samples EMA samples of a checkpoint as a PNG grid and an .npz; returns the PNG path.
 
@@ -55,21 +57,23 @@ def sample(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int
   name = f'sample_step_{step}_{sampler.name}'
   if jax.process_index() != 0:  # every process samples (the params span them all); process 0 writes
     return None
-  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), name, np.concatenate(batches))
-  np.savez_compressed(os.path.join(workdir, 'samples', f'{name}.npz'), images=images_uint8)
+  samples_dir = paths.Workdir(workdir).samples
+  path, images_uint8 = images.save_samples(samples_dir, name, np.concatenate(batches))
+  np.savez_compressed(os.path.join(samples_dir, f'{name}.npz'), images=images_uint8)
   logging.info('Wrote %s and %s.npz', path, name)
   print(f'Wrote {len(images_uint8)} samples of step {step}: {path} and {name}.npz')
   return path
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, checkpoint_step: int | None = None,
+def evaluate(config: schema.Config, workdir: str, checkpoint_step: int | None = None,
              allow_config_change: bool = False) -> dict:
   """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
   run = open_trained_run(config, workdir, allow_config_change)
   if config.eval.protocol == 'paper' and jax.default_backend() == 'cpu':
     logging.warning('The paper protocol samples %d images over all steps: without a GPU (JAX sees only the CPU) '
                     'that takes days.', config.eval.paper_num_samples)
-  evaluation = components_lib.make_evaluation(config, run.components, force=True)
+  from ddpm_jax.evaluation import scores  # pylint: disable=g-import-not-at-top  # loads torch
+  evaluation = scores.make_evaluation(config, run.components, force=True)
   steps = [checkpoint_step] if checkpoint_step is not None else run.steps()
   if not steps:
     raise FileNotFoundError(f'no checkpoint in {run.manager.directory} to evaluate')

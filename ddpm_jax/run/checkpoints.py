@@ -21,16 +21,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from ddpm_jax import errors
+from ddpm_jax import errors, paths
 
 STATE, DIGEST = 'state', 'digest'
-CORRUPT_DIR = 'checkpoints_corrupt'
 
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Returns the CheckpointManager of workdir/checkpoints, keeping the newest `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
+  return ocp.CheckpointManager(paths.Workdir(workdir).checkpoints, options=options,
                                item_names=(STATE, DIGEST))
 
 
@@ -146,7 +145,7 @@ def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state):
 def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   """Returns where checkpoint `step` was moved: checkpoints_corrupt/<step> beside checkpoints/."""
   source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_DIR)
+  target_dir = paths.Workdir(os.path.dirname(str(manager.directory))).corrupt_checkpoints
   target, suffix = os.path.join(target_dir, str(step)), 1
   while os.path.exists(target):
     target, suffix = os.path.join(target_dir, f'{step}.{suffix}'), suffix + 1

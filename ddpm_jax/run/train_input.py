@@ -1,8 +1,8 @@
 """Where the train step's inputs come from: the host loader (grain), or the whole split in device memory."""
 import jax
-import ml_collections
 
 from ddpm_jax import data
+from ddpm_jax.config import schema
 from ddpm_jax.core import device_data, sharding
 
 
@@ -13,7 +13,7 @@ class TrainInput:
   batches the uninterrupted run reads from s on, and checkpoints keep no data position.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh, start_step: int = 0):
+  def __init__(self, config: schema.Config, mesh, start_step: int = 0):
     self.mesh, self.iterator, self.images = mesh, None, None
     if config.data.on_device:
       # Indices, flips and scaling happen inside the jitted step, from the state's step.

@@ -3,21 +3,24 @@ import os
 import signal
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from clu import periodic_actions
 
-from ddpm_jax import checkpoints, errors, images
-from ddpm_jax import components as components_lib
-from ddpm_jax import wandb_writer
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax import errors
+from ddpm_jax import paths
+from ddpm_jax.config import convert, schema
 from ddpm_jax.core import keys, train_step
 from ddpm_jax.core.models.unet import count_params
-from ddpm_jax.train_input import TrainInput
+from ddpm_jax.run import build as components_lib
+from ddpm_jax.run import checkpoints
+from ddpm_jax.run import images
+from ddpm_jax.run import workdir as workdir_lib
+from ddpm_jax.run import writers
+from ddpm_jax.run.train_input import TrainInput
 
 
-def open_workdir(config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool = False):
+def open_workdir(config: schema.Config, workdir: str, allow_config_change: bool = False):
   """Returns (the workdir's checkpoint manager, the config's changes) once the config may train there."""
   workdir_lib.check_writable(workdir)
   manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
@@ -39,7 +42,7 @@ def write_grid(config, components: components_lib.Components, state, workdir: st
   grid_samples = components.sampler.sample(state.ema_params, keys.grid_key(state.rng, 0), n)
   if jax.process_index() != 0:
     return None
-  path, images_uint8 = images.save_samples(os.path.join(workdir, 'samples'), f'step_{step}', grid_samples)
+  path, images_uint8 = images.save_samples(paths.Workdir(workdir).samples, f'step_{step}', grid_samples)
   writer.write_images(step, {'samples': images.make_grid(images_uint8)[None]})
   logging.info('Wrote %s', path)
   return path
@@ -87,15 +90,17 @@ def restore_or_init(config, components: components_lib.Components, manager) -> t
   return checkpoints.restore(manager, components_lib.abstract_state(config, components))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+def train_and_evaluate(config: schema.Config, workdir: str,
                        allow_config_change: bool = False) -> train_step.TrainState | None:
   """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
 
   Returns None, at once, when the workdir's run has already reached num_steps.
   """
   components = components_lib.build(config)
-  # Fails here, before training, if Inception can't be had.
-  evaluation = components_lib.make_evaluation(config, components)
+  evaluation = None
+  if config.eval.every_steps:  # evaluation loads torch: only runs that evaluate pay for it
+    from ddpm_jax.evaluation import scores  # pylint: disable=g-import-not-at-top
+    evaluation = scores.make_evaluation(config, components)  # fails here, before training, without Inception
   t = config.training
   manager, config_changes = open_workdir(config, workdir, allow_config_change)
   state = restore_or_init(config, components, manager)
@@ -107,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return None
   # The batches are a function of the step alone: the input starts at the restored step's batch.
   train_input = TrainInput(config, components.mesh, start_step=int(state.step))
-  writer = wandb_writer.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
+  writer = writers.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
   if int(state.step) == 0:
     writer.write_hparams(hparams(config))
   try:
@@ -127,10 +132,10 @@ def close_quietly(manager, writer, train_input) -> None:
       logging.warning('While closing the run: %s', checkpoints.error_reason(e))
 
 
-def hparams(config: ml_collections.ConfigDict) -> dict:
+def hparams(config: schema.Config) -> dict:
   """Returns the config flattened to {'a.b': scalar} (hparams take scalars: sequences become strings)."""
   return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
-          for key, value in workdir_lib.flatten(config.to_dict()).items()}
+          for key, value in workdir_lib.flatten(convert.to_dict(config)).items()}
 
 
 class StopRequest:

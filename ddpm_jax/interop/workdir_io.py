@@ -9,27 +9,28 @@ import shutil
 import tempfile
 
 import jax
-import ml_collections
 
-from ddpm_jax import checkpoints, convert, events, validation
-from ddpm_jax import components as components_lib
-from ddpm_jax import workdir as workdir_lib
+from ddpm_jax import paths
+from ddpm_jax.config import checks as validation
+from ddpm_jax.config import schema
 from ddpm_jax.core import sharding
+from ddpm_jax.interop import diffusers_io as convert
+from ddpm_jax.reporting import runs as events
+from ddpm_jax.run import build as components_lib
+from ddpm_jax.run import checkpoints
+from ddpm_jax.run import workdir as workdir_lib
 
 PARAMS = ('ema', 'raw')
 
 
 def check_new_workdir(workdir: str) -> None:
   """Returns None when workdir holds no run yet; else a one-line ValueError (an import never mixes into a run)."""
-  taken = [name for name in (workdir_lib.CONFIG_FILE, 'checkpoints')
-           if os.path.exists(os.path.join(workdir, name)) and
-           (name != 'checkpoints' or os.listdir(os.path.join(workdir, name)))]
+  taken = paths.Workdir(workdir).has_run()
   if taken:
     raise ValueError(f'--workdir={workdir} already holds a run ({", ".join(taken)}); import into a new workdir')
 
 
-def import_to_workdir(source: str, workdir: str, base_config: ml_collections.ConfigDict | None = None,
-                      cache_dir: str | None = None) -> ml_collections.ConfigDict:
+def import_to_workdir(source: str, workdir: str, base_config=None, cache_dir: str | None = None) -> schema.Config:
   """Writes workdir/config.json and checkpoint 0 of the source's weights; returns the config."""
   check_new_workdir(workdir)
   config, params = convert.from_diffusers(source, base_config, cache_dir)
@@ -45,13 +46,13 @@ def import_to_workdir(source: str, workdir: str, base_config: ml_collections.Con
   checkpoints.check_saved(manager, 0, wait=True)
   manager.close()
   if jax.process_index() == 0:
-    workdir_lib.write_config(os.path.join(workdir, workdir_lib.CONFIG_FILE), config)
+    workdir_lib.write_config(paths.Workdir(workdir).config_file, config)
   return config
 
 
 def last_evaluation(workdir: str, step: int) -> dict:
   """Returns the metrics of the workdir's newest evaluation at or before step ({} when none)."""
-  evals = {s: p for s, p in events.files_by_step(os.path.join(workdir, 'eval'), r'step_(\d+)\.json').items()
+  evals = {s: p for s, p in events.files_by_step(paths.Workdir(workdir).evals, paths.EVAL_FILE).items()
            if s <= step}
   if not evals:
     return {}
@@ -82,7 +83,7 @@ def export_workdir(workdir: str, out: str, checkpoint_step: int | None = None, p
   events.check_workdir(workdir)
   check_out_dir(out, workdir, overwrite)
   config = workdir_lib.load_config(workdir)
-  from ddpm_jax import modes  # pylint: disable=g-import-not-at-top
+  from ddpm_jax.run import modes  # pylint: disable=g-import-not-at-top
   state = modes.open_trained_run(config, workdir).restore(checkpoint_step)
   step = int(state.step)
   weights = jax.device_get(state.ema_params if params == 'ema' else state.params)

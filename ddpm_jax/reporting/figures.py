@@ -7,8 +7,9 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ddpm_jax import events
+from ddpm_jax.config import schema
 from ddpm_jax.core import schedules
+from ddpm_jax.reporting import runs as events
 from eval_bridge import artefacts  # numpy only
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
@@ -160,12 +161,10 @@ def schedule_key(diffusion: dict) -> tuple:
 
 
 def make_schedule(key: tuple) -> schedules.Schedule:
-  """Returns the schedule of a schedule_key, as training made it (components.make_schedule, without the config)."""
+  """Returns the schedule of a schedule_key, built as training builds it (DiffusionConfig.build_schedule)."""
   name, length, zero_terminal_snr, betas = key
-  if name != 'trained':
-    return schedules.make_schedule(name, length, zero_terminal_snr=zero_terminal_snr)
-  betas = np.asarray(betas, np.float64)
-  return schedules.schedule_from_betas(schedules.rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
+  return schema.DiffusionConfig(schedule=name, num_timesteps=length, zero_terminal_snr=zero_terminal_snr,
+                                trained_betas=tuple(betas)).build_schedule()
 
 
 def schedule_groups(runs: list[events.Run]) -> dict[tuple, list[str]]:

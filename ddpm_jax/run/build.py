@@ -1,0 +1,68 @@
+"""What a run is built from, for every mode: the model, schedule, optimizer, jitted step and sampler; the state."""
+import dataclasses
+
+import jax
+
+from ddpm_jax.config import schema
+from ddpm_jax.core import keys, loss_scale, sampler, schedules, sharding, train_step
+from ddpm_jax.core.models.unet import UNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+  """What a run is built from: the model, its schedule and optimizer, and the jitted functions."""
+  model: UNet
+  mesh: object
+  schedule: schedules.Schedule
+  optimizer: object
+  learning_rate: object
+  step_fn: object
+  sampler: sampler.Sampler  # config.sampling's: the grids and --mode=sample
+
+
+def objective(config: schema.Config) -> train_step.Objective:
+  """Returns what the train step optimises: the diffusion section's loss and the training section's EMA and microbatches."""
+  d, t = config.diffusion, config.training
+  return train_step.Objective(loss=d.loss, prediction=d.prediction, loss_weighting=d.loss_weighting,
+                              min_snr_gamma=d.min_snr_gamma, huber_delta=d.huber_delta, offset_noise=d.offset_noise,
+                              ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_accum_steps=t.grad_accum_steps)
+
+
+def build(config: schema.Config) -> Components:
+  """Returns the model, schedule, optimizer, jitted train step and sampler the config describes."""
+  model = UNet(config.model)
+  schedule = config.diffusion.build_schedule()
+  t = config.training
+  optimizer = train_step.make_optimizer(t.learning_rate, t.warmup_steps, t.grad_clip)
+  mesh = sharding.make_mesh()
+  batch_sharding = sharding.batch_sharded(mesh)
+  if config.data.on_device:
+    step_fn = train_step.make_device_data_train_step(model.apply, schedule, optimizer, objective(config),
+                                                     batch_size=t.batch_size, flip=config.data.random_flip,
+                                                     batch_sharding=batch_sharding)
+  else:
+    step_fn = train_step.make_train_step(model.apply, schedule, optimizer, objective(config),
+                                         batch_sharding=batch_sharding)
+  grid_sampler = make_sampler(config, model, schedule, mesh, config.sampling)
+  learning_rate = train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps)
+  return Components(model, mesh, schedule, optimizer, learning_rate, step_fn, grid_sampler)
+
+
+def make_sampler(config: schema.Config, model: UNet, schedule, mesh, settings) -> sampler.Sampler:
+  """Returns the sampler of the model with the given settings (config.sampling, or an evaluation's)."""
+  return sampler.make_sampler(model.apply, schedule, settings, prediction=config.diffusion.prediction,
+                              image_size=config.data.image_size, mesh=mesh)
+
+
+def initial_state(config: schema.Config, components: Components) -> train_step.TrainState:
+  """Returns the freshly initialised train state of the config's seed."""
+  params = train_step.init_params(components.model, config.data.image_size, config.seed)
+  # Only float16 compute scales the loss: other runs' states (and checkpoints) have no loss scale.
+  scale = loss_scale.init() if config.model.dtype == 'float16' else None
+  state = train_step.create_train_state(params, components.optimizer, keys.base_key(config.seed), scale)
+  return sharding.replicate(state, components.mesh)
+
+
+def abstract_state(config: schema.Config, components: Components):
+  """Returns the shapes, dtypes and shardings of the train state, without computing it."""
+  return sharding.abstract_replicated(jax.eval_shape(lambda: initial_state(config, components)), components.mesh)
