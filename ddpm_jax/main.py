@@ -142,8 +142,22 @@ def parse_flags(argv):
   except flags.Error as e:
     cli.fail(PROGRAM, f'{e} (pass --helpfull to see the flags)')
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # config_flags applies --config.KEY=VALUE overrides while parsing.
-    cli.fail(PROGRAM, 'bad config override: ' + str(e).replace('\\n', ' ').replace("\\'", "'"))
+    # config_flags applies --config.KEY=VALUE overrides while parsing; an unknown key gets the schema's word.
+    cli.fail(PROGRAM, unknown_override(argv) or
+             'bad config override: ' + str(e).replace('\\n', ' ').replace("\\'", "'"))
+
+
+def unknown_override(argv) -> str:
+  """Returns the one-line error of the first --config.KEY=VALUE whose KEY the schema lacks ('' when all are known)."""
+  from ddpm_jax.config import convert  # pylint: disable=g-import-not-at-top
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      key = arg.removeprefix('--config.').split('=', 1)[0]
+      try:
+        convert.check_key(key, ' (a --config override)')
+      except ValueError as e:
+        return str(e)
+  return ''
 
 
 if __name__ == '__main__':

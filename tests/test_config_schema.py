@@ -162,3 +162,12 @@ def test_helpconfig_lists_every_key_and_exits_0(env):
   assert result.returncode == 0, result.stderr[-2000:]
   for key in keys_of(schema.Config):
     assert f'  {key} = ' in result.stdout
+
+
+def test_an_unknown_override_gets_the_schemas_one_line():
+  from ddpm_jax import main  # pylint: disable=g-import-not-at-top
+  assert main.unknown_override(['main', '--config=c.py', '--config.eval.sampler=ddim']) == (
+      'eval.sampler (a --config override) was renamed eval.sampling.sampler; set that instead')
+  assert main.unknown_override(['main', '--config.training.num_stepz=3']) == (
+      'training.num_stepz (a --config override) is not a config key; did you mean training.num_steps?')
+  assert main.unknown_override(['main', '--config.training.num_steps=3', '--config.eval.sampling.eta=1']) == ''

@@ -193,6 +193,20 @@ def field_of(key: str):
   return path[-1], path[:-1]
 
 
+def check_key(key: str, where: str = '') -> None:
+  """Returns None when a dotted key names a config option; else raises the one-line unknown-key ValueError."""
+  cls, prefix = schema.Config, ''
+  for part in key.split('.'):
+    fields = section_fields(cls)
+    if part not in fields:
+      raise unknown_key_error(f'{prefix}{part}' if key not in RENAMED else key, list(fields), where)
+    kind = fields[part][1]
+    if not is_section(kind):
+      return
+    cls, prefix = kind, f'{prefix}{part}.'
+  raise ValueError(f'{key}{where} is a section, not a key; its keys are {", ".join(section_fields(cls))}')
+
+
 def is_free(key: str) -> bool:
   """Returns whether changing a dotted key on resume leaves what the run trains unchanged (its option says)."""
   field, sections = field_of(key)
