@@ -18,6 +18,7 @@ from ddpm_jax.run import build, workdir as workdir_lib
 # The bad values a review found passing the old start-up checks (some failing 15,000 steps in), and a typo.
 BAD_VALUES = [
     ('eval.batch_size', 0, 'eval.batch_size=0 must be >= 1'),
+    ('training.batch_size', 0, 'training.batch_size=0 must be >= 1'),
     ('eval.num_samples', 0, 'eval.num_samples=0 must be >= 2'),
     ('eval.num_reference', 0, 'eval.num_reference=0 must be >= 2'),
     ('eval.ms_ssim_pairs', -1, 'eval.ms_ssim_pairs=-1 must be >= 1'),

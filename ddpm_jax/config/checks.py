@@ -74,4 +74,4 @@ def validate_config(config: schema.Config) -> None:
   check_batch(config)
   check_model(config)
   check_logging(config)
-  data.validate_data_config(config.data, config.training.batch_size, jax.process_count())
+  data.validate_data_config(config.data)

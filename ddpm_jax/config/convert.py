@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from ddpm_jax.config import schema
-from ddpm_jax.core.options import describe_range, in_range
+from ddpm_jax.core.options import check_option
 
 # Keys that moved: the evaluation's sampler became the sub-section eval.sampling.
 RENAMED = {'eval.sampler': 'eval.sampling.sampler', 'eval.sampling_steps': 'eval.sampling.num_steps',
@@ -105,15 +105,7 @@ def check_value(key: str, value, field: dataclasses.Field, kind):
     if isinstance(value, str) and ',' in value and typing.get_origin(kind) is tuple:
       hint = f' (a tuple on the command line: --config.{key}="{tuple(value.split(","))}")'
     raise ValueError(f'{key}={value!r} must be {type_name(kind)}{hint}') from None
-  for element in (value if isinstance(value, tuple) else (value,)):
-    if meta.get('choices') and element not in meta['choices']:
-      which = '' if element is value else f': {element!r}'
-      raise ValueError(f'{key}={given!r}{which} is not one of {describe_range(meta)}')
-    if isinstance(element, (int, float)) and not isinstance(element, bool) and not in_range(element, meta):
-      verb = 'lie in' if describe_range(meta)[0] in '[(' else 'be'
-      raise ValueError(f'{key}={given!r} must {verb} {describe_range(meta)}')
-  if meta.get('check'):
-    meta['check'](key, value)
+  check_option(key, value, meta, given)
   return value
 
 
@@ -178,39 +170,39 @@ def to_configdict(config=None) -> ml_collections.ConfigDict:
   return result
 
 
-def field_of(key: str):
-  """Returns (the dataclasses.Field of a dotted key, the sections above it), or (None, [...]) for an unknown key."""
+def walk(key: str):
+  """Returns (the Fields along a dotted key, the section the walk ended in, the first part it lacks or None, and
+  whether it ended at a value).
+
+  The walk stops at the first value (not a section) or at the first unknown part; when every part of the
+  key names a section it ends in the last one.
+  """
   cls, path = schema.Config, []
   for part in key.split('.'):
     fields = section_fields(cls)
     if part not in fields:
-      return None, path
+      return path, cls, part, False
     field, kind = fields[part]
     path.append(field)
     if not is_section(kind):
-      return field, path[:-1]
+      return path, cls, None, True
     cls = kind
-  return path[-1], path[:-1]
+  return path, cls, None, False
 
 
 def check_key(key: str, where: str = '') -> None:
   """Returns None when a dotted key names a config option; else raises the one-line unknown-key ValueError."""
-  cls, prefix = schema.Config, ''
-  for part in key.split('.'):
-    fields = section_fields(cls)
-    if part not in fields:
-      raise unknown_key_error(f'{prefix}{part}' if key not in RENAMED else key, list(fields), where)
-    kind = fields[part][1]
-    if not is_section(kind):
-      return
-    cls, prefix = kind, f'{prefix}{part}.'
-  raise ValueError(f'{key}{where} is a section, not a key; its keys are {", ".join(section_fields(cls))}')
+  path, cls, missing, at_value = walk(key)
+  if missing is not None:
+    prefix = ''.join(f'{field.name}.' for field in path)
+    raise unknown_key_error(key if key in RENAMED else f'{prefix}{missing}', list(section_fields(cls)), where)
+  if not at_value:
+    raise ValueError(f'{key}{where} is a section, not a key; its keys are {", ".join(section_fields(cls))}')
 
 
 def is_free(key: str) -> bool:
   """Returns whether changing a dotted key on resume leaves what the run trains unchanged (its option says)."""
-  field, sections = field_of(key)
-  return any(f.metadata.get('free') for f in sections + ([field] if field is not None else []))
+  return any(field.metadata.get('free') for field in walk(key)[0])
 
 
 def with_values(config: schema.Config, values: Mapping) -> schema.Config:

@@ -38,6 +38,30 @@ def describe_range(meta: dict) -> str:
   return f'{"(" if meta["low_open"] else "["}{low:g}, {high:g}{")" if meta["high_open"] else "]"}'
 
 
+def check_option(key: str, value, meta, given=None) -> None:
+  """Raises a one-line ValueError unless value (each element of a tuple) is among the choices and in the range.
+
+  given: the value as the user wrote it, for the message (default: value). The option's `check` runs last.
+  """
+  given = value if given is None else given
+  for element in (value if isinstance(value, tuple) else (value,)):
+    if meta.get('choices') and element not in meta['choices']:
+      which = '' if element is value else f': {element!r}'
+      raise ValueError(f'{key}={given!r}{which} is not one of {describe_range(meta)}')
+    if isinstance(element, (int, float)) and not isinstance(element, bool) and not in_range(element, meta):
+      verb = 'lie in' if describe_range(meta)[0] in '[(' else 'be'
+      raise ValueError(f'{key}={given!r} must {verb} {describe_range(meta)}')
+  if meta.get('check'):
+    meta['check'](key, value)
+
+
+def check_options(section, prefix: str) -> None:
+  """Raises check_option's ValueError at the first field of a dataclass of options whose value its option refuses."""
+  for field in dataclasses.fields(section):
+    if 'doc' in field.metadata:
+      check_option(f'{prefix}{field.name}', getattr(section, field.name), field.metadata)
+
+
 def in_range(value, meta: dict) -> bool:
   """Returns whether a number lies in the option's range (NaN never does)."""
   if isinstance(value, float) and math.isnan(value):

@@ -4,14 +4,13 @@
 'folder:PATH'. The TFDS and folder readers are imported only when asked for,
 so `shapes` runs without TensorFlow.
 
-  validate_data_config(config.data, config.training.batch_size)
+  validate_data_config(config.data)
   train_iter = make_train_loader(config.data, global_batch_size=..., seed=...)
   batch = next(train_iter)  # {'image': float32 [local_batch, H, W, 3] in [-1, 1]}
   # batch i depends on (seed, i) alone: start_step=s starts at batch s, as a resumed run does
 """
 import numpy as np
 
-from ddpm_jax.core import sharding
 from ddpm_jax.data import loader
 from ddpm_jax.data import shapes
 
@@ -27,13 +26,13 @@ def parse_dataset(dataset: str) -> tuple[str, str]:
   raise ValueError(f'data.dataset={dataset!r} is not a valid dataset; use {_VALID_FORMS}.')
 
 
-def validate_data_config(data_config, global_batch_size: int, process_count: int = 1) -> None:
-  """Returns None; raises a one-line ValueError for a bad data.dataset or a batch the processes can't split (no I/O).
+def validate_data_config(data_config) -> None:
+  """Returns None; raises a one-line ValueError for a data.dataset of no known form (no I/O).
 
-  Each key's type and range were checked with the rest of the typed config.
+  Each key's type and range were checked with the rest of the typed config, the batch's split over
+  processes and devices by config/checks.py.
   """
   parse_dataset(data_config.dataset)
-  sharding.process_rows(global_batch_size, 0, process_count)
 
 
 def make_source(data_config, split: str, seed: int | None = None):

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.core.options import option
+from ddpm_jax.core.options import check_options, option
 
 # float16 needs dynamic loss scaling in the train step (its range is too narrow for raw gradients).
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
@@ -84,26 +84,11 @@ class UNetConfig:
 
 
 def _validate_choices(config: UNetConfig) -> None:
-  """Returns None; raises ValueError for a bad dtype, attention_impl or size."""
-  if config.dtype not in _DTYPES:
-    raise ValueError(f"model.dtype={config.dtype!r} is not supported; use one of {sorted(_DTYPES)}")
-  if config.attention_impl not in _ATTENTION_IMPLS:
-    raise ValueError(f'model.attention_impl={config.attention_impl!r} is not supported; '
-                     f'use one of {list(_ATTENTION_IMPLS)}')
-  if not config.channel_mults or min(config.channel_mults) < 1:
-    raise ValueError(f'model.channel_mults={config.channel_mults} must be a non-empty list '
-                     'of positive ints')
-  if config.num_res_blocks < 1 or config.num_heads < 1 or config.num_groups < 1:
-    raise ValueError(f'model.num_res_blocks={config.num_res_blocks}, '
-                     f'model.num_heads={config.num_heads} and '
-                     f'model.num_groups={config.num_groups} must all be >= 1')
-  if not 0.0 < config.norm_eps < 1.0:
-    raise ValueError(f'model.norm_eps={config.norm_eps} must be in (0, 1)')
-  if not 0.0 <= config.dropout < 1.0:
-    raise ValueError(f'model.dropout={config.dropout} must be in [0, 1)')
-  if config.base_channels < 4:
-    # The sinusoidal embedding divides by (base_channels // 2 - 1).
-    raise ValueError(f'model.base_channels={config.base_channels} must be >= 4')
+  """Returns None; raises ValueError for a value its option refuses (the config's own check) or no levels."""
+  # base_channels >= 4: the sinusoidal embedding divides by (base_channels // 2 - 1).
+  check_options(config, 'model.')
+  if not config.channel_mults:
+    raise ValueError(f'model.channel_mults={config.channel_mults} must name at least one level')
 
 
 def _validate_image_size(config: UNetConfig, image_size: int) -> None:
