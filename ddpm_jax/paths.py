@@ -9,6 +9,14 @@ import re
 
 EVAL_FILE = re.compile(r'step_(\d+)\.json')
 GRID_FILE = re.compile(r'step_(\d+)\.png')
+# Post-hoc EMA: a profile's snapshot (phema/) and an evaluation of a reconstruction (eval/phema/); group 2 is sigma_rel.
+PHEMA_SNAPSHOT_FILE = re.compile(r'step_(\d+)_sigma_(\d[0-9.e-]*)\.npz')
+PHEMA_EVAL_FILE = re.compile(r'step_(\d+)_sigma_(\d[0-9.e-]*)\.json')
+
+
+def sigma_rel_name(sigma_rel: float) -> str:
+  """Returns sigma_rel as file names hold it: Python's shortest repr, which reads back to the same float."""
+  return repr(float(sigma_rel))
 
 
 def cache_root() -> str:
@@ -53,6 +61,29 @@ class Workdir:
   def eval_file(self, step: int) -> str:
     """eval/step_<N>.json."""
     return os.path.join(self.evals, f'step_{step}.json')
+
+  @property
+  def phema(self) -> str:
+    """phema/: the post-hoc EMA profiles' snapshots, one step_<N>_sigma_<s>.npz each."""
+    return os.path.join(self.root, 'phema')
+
+  def phema_snapshot(self, step: int, sigma_rel: float) -> str:
+    """phema/step_<N>_sigma_<s>.npz."""
+    return os.path.join(self.phema, f'step_{step}_sigma_{sigma_rel_name(sigma_rel)}.npz')
+
+  @property
+  def phema_evals(self) -> str:
+    """eval/phema/: evaluations of post-hoc EMA reconstructions (--config.eval.phema_sigma_rels)."""
+    return os.path.join(self.evals, 'phema')
+
+  def phema_eval_file(self, step: int, sigma_rel: float) -> str:
+    """eval/phema/step_<N>_sigma_<s>.json."""
+    return os.path.join(self.phema_evals, f'step_{step}_sigma_{sigma_rel_name(sigma_rel)}.json')
+
+  @property
+  def phema_record(self) -> str:
+    """phema.json: in a workdir that `python -m ddpm_jax.phema` wrote, what it was reconstructed from."""
+    return os.path.join(self.root, 'phema.json')
 
   @property
   def wandb_run_id(self) -> str:

@@ -4,7 +4,8 @@ import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('ddpm_jax', 'eval_bridge')
-MAX_TOP_LEVEL_MODULES = 8
+# 9: the CLIs main, convert, report, stats and phema (post-hoc EMA reconstruction), plus cli, errors, paths, __init__.
+MAX_TOP_LEVEL_MODULES = 9
 MAX_LINES = 320  # STYLE.md: a file past ~300 lines is asking to be split
 
 

@@ -68,10 +68,22 @@ def check_logging(config: schema.Config) -> None:
     raise ValueError("logging.wandb=True needs the wandb package, which is not installed: pip install -e '.[wandb]'")
 
 
+def check_phema(config: schema.Config) -> None:
+  """Raises ValueError for a post-hoc EMA profile given twice, or a sweep of a run that tracks no profiles."""
+  tracked, swept = config.training.phema_sigma_rels, config.eval.phema_sigma_rels
+  if len(set(tracked)) != len(tracked):
+    raise ValueError(f'training.phema_sigma_rels={tracked!r} names a profile twice; give each sigma_rel once')
+  if swept and not tracked:
+    raise ValueError(f'eval.phema_sigma_rels={swept!r} needs a run that tracked post-hoc EMA profiles, but '
+                     'training.phema_sigma_rels=() (its snapshots are what the sweep reconstructs from); train with '
+                     'e.g. --config.training.phema_sigma_rels="(0.05, 0.1)"')
+
+
 def validate_config(config: schema.Config) -> None:
   """Raises ValueError with a one-line message at the first rule across keys that the config breaks."""
   check_diffusion(config)
   check_batch(config)
   check_model(config)
   check_logging(config)
+  check_phema(config)
   data.validate_data_config(config.data)

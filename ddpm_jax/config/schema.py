@@ -7,7 +7,7 @@ into a `Config`, checking every key on the way.
 """
 import dataclasses
 
-from ddpm_jax.core import diffusion, schedules
+from ddpm_jax.core import diffusion, phema, schedules
 from ddpm_jax.core.models.unet import UNetConfig
 from ddpm_jax.core.options import option
 from ddpm_jax.core.sampler import SamplerSettings
@@ -17,6 +17,7 @@ SCHEDULES = tuple(schedules.SCHEDULE_NAMES) + ('trained',)
 PROTOCOLS = ('fast', 'paper')
 WANDB_MODES = ('', 'online', 'offline', 'disabled')  # '' = wandb's own choice: $WANDB_MODE, else online
 SPLITS = ('train', 'test')
+PHEMA_DTYPES = ('float32', 'float16')
 
 
 def check_metric_names(key: str, names: tuple) -> None:
@@ -97,6 +98,13 @@ class TrainingConfig:
   num_grid_samples: int = option(64, 'images in the periodic sample grid', low=1, free=True)
   max_nonfinite_steps: int = option(20, 'stop after this many NaN/Inf steps in a row (they are skipped, not '
                                     'applied)', low=1, free=True)
+  phema_sigma_rels: tuple[float, ...] = option((), 'post-hoc EMA: one power-function EMA tracked per relative '
+                                               "width sigma_rel (EDM2's (0.05, 0.1)); () = off", low=0.0,
+                                               high=phema.MAX_SIGMA_REL, low_open=True, high_open=True)
+  phema_every_steps: int = option(15_000, 'post-hoc EMA: period of the snapshots of each profile in '
+                                  '<workdir>/phema/', low=1, free=True)
+  phema_dtype: str = option('float32', 'post-hoc EMA: dtype of the snapshots (float16 halves the disk)',
+                            choices=PHEMA_DTYPES, free=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +152,10 @@ class EvalConfig:
                                 "('' = read the dataset)")
   metric_seed: int = option(2020, "seed of IS's shuffle, KID's subsets and precision/recall's reference subsample "
                             "(torch-fidelity's 2020)", low=0)
+  phema_sigma_rels: tuple[float, ...] = option((), '--mode=eval: evaluate the post-hoc EMA reconstructed at each '
+                                               "of these sigma_rel from the run's snapshots instead of the EMA "
+                                               '(needs training.phema_sigma_rels)', low=0.0,
+                                               high=phema.MAX_SIGMA_REL, low_open=True, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)

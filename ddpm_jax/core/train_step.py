@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ddpm_jax.core import device_data, diffusion, keys
 from ddpm_jax.core import loss_scale as loss_scale_lib
+from ddpm_jax.core import phema
 from ddpm_jax.core.schedules import Schedule
 
 
@@ -35,6 +36,9 @@ class TrainState:
   # float16 compute only: the dynamic loss scale. None (no leaves) otherwise, so the state's tree, its
   # checkpoints and its digest are those of earlier versions.
   loss_scale: Any = None
+  # training.phema_sigma_rels only: one power-function EMA of the params per sigma_rel (core/phema.py), a tuple.
+  # None (no leaves) otherwise, as loss_scale.
+  phema_params: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Objective:
   ema_decay: float = 0.9999
   ema_warmup: bool = True
   grad_accum_steps: int = 1  # microbatches per optimizer step
+  phema_sigma_rels: tuple = ()  # the power-function EMAs the state tracks (post-hoc EMA), one per sigma_rel
 
   def check(self) -> None:
     """Returns None; raises a one-line ValueError for an unknown loss or prediction or a bad microbatch count."""
@@ -61,6 +66,8 @@ class Objective:
     k = self.grad_accum_steps
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
       raise ValueError(f'training.grad_accum_steps={k!r} must be an integer >= 1')
+    for sigma_rel in self.phema_sigma_rels:
+      phema.check_sigma_rel(sigma_rel, 'training.phema_sigma_rels')
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -94,15 +101,17 @@ def init_params(model, image_size: int, seed: int, channels: int = 3):
   return init(keys.params_init_key(seed), dummy, jnp.zeros((1,), jnp.int32), train=False)['params']
 
 
-def create_train_state(params, optimizer: optax.GradientTransformation, rng, loss_scale=None) -> TrainState:
-  """Returns the state at step 0; the EMA starts as a copy of the params.
+def create_train_state(params, optimizer: optax.GradientTransformation, rng, loss_scale=None,
+                       phema_profiles: int = 0) -> TrainState:
+  """Returns the state at step 0; the EMA (and each of phema_profiles power-function EMAs) starts as the params.
 
   loss_scale: a `loss_scale.LossScale` to train with dynamic loss scaling (float16 compute), else None.
   """
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree_util.tree_map(jnp.copy, params),
+  copy = lambda: jax.tree_util.tree_map(jnp.copy, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy(),
                     opt_state=optimizer.init(params), rng=rng, nonfinite_streak=jnp.zeros((), jnp.int32),
-                    loss_scale=loss_scale)
+                    loss_scale=loss_scale,
+                    phema_params=tuple(copy() for _ in range(phema_profiles)) if phema_profiles else None)
 
 
 def draw_noise(rng, step, x0, offset_noise: float):
@@ -191,11 +200,12 @@ def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedu
   if scale is not None:
     grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
   return apply_gradients(state, loss_value, grads, optimizer=optimizer, ema_decay=objective.ema_decay,
-                         ema_warmup=objective.ema_warmup)
+                         ema_warmup=objective.ema_warmup,
+                         phema_gammas=tuple(phema.sigma_rel_to_gamma(s) for s in objective.phema_sigma_rels))
 
 
 def apply_gradients(state: TrainState, loss_value, grads, *, optimizer: optax.GradientTransformation,
-                    ema_decay: float, ema_warmup: bool = True):
+                    ema_decay: float, ema_warmup: bool = True, phema_gammas: tuple = ()):
   """Returns (the state after the update by grads, the step's metrics); a NaN/Inf or overflowing step is skipped."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -209,6 +219,9 @@ def apply_gradients(state: TrainState, loss_value, grads, *, optimizer: optax.Gr
       step=state.step + 1, params=keep_if_finite(params, state.params),
       ema_params=keep_if_finite(ema_params, state.ema_params), opt_state=keep_if_finite(opt_state, state.opt_state),
       nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+  if state.phema_params is not None:
+    profiles = phema.update(state.phema_params, params, state.step, phema_gammas)
+    new_state = new_state.replace(phema_params=keep_if_finite(profiles, state.phema_params))
   metrics = {'loss': loss_value, 'grad_norm': grad_norm, 'nonfinite_steps': (~finite).astype(jnp.int32)}
   if state.loss_scale is not None:
     new_state, metrics = _count_overflow(state, new_state, metrics, finite, jnp.isfinite(loss_value))

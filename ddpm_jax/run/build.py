@@ -25,7 +25,8 @@ def objective(config: schema.Config) -> train_step.Objective:
   d, t = config.diffusion, config.training
   return train_step.Objective(loss=d.loss, prediction=d.prediction, loss_weighting=d.loss_weighting,
                               min_snr_gamma=d.min_snr_gamma, huber_delta=d.huber_delta, offset_noise=d.offset_noise,
-                              ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_accum_steps=t.grad_accum_steps)
+                              ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_accum_steps=t.grad_accum_steps,
+                              phema_sigma_rels=tuple(t.phema_sigma_rels))
 
 
 def build(config: schema.Config) -> Components:
@@ -59,7 +60,9 @@ def initial_state(config: schema.Config, components: Components) -> train_step.T
   params = train_step.init_params(components.model, config.data.image_size, config.seed)
   # Only float16 compute scales the loss: other runs' states (and checkpoints) have no loss scale.
   scale = loss_scale.init() if config.model.dtype == 'float16' else None
-  state = train_step.create_train_state(params, components.optimizer, keys.base_key(config.seed), scale)
+  # Only runs with post-hoc EMA profiles track them: others' states (and checkpoints) have none.
+  state = train_step.create_train_state(params, components.optimizer, keys.base_key(config.seed), scale,
+                                        phema_profiles=len(config.training.phema_sigma_rels))
   return sharding.replicate(state, components.mesh)
 
 
