@@ -53,10 +53,11 @@ def run(command: str) -> str:
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     cli.fail(PROGRAM, f'give one command, {" or ".join(COMMANDS)} (got {argv[1:]})')
+  cli.quiet_libraries(FLAGS['verbosity'].present, FLAGS.traceback)  # Orbax logs ~30 lines an export
   with cli.one_line_errors(PROGRAM, FLAGS.traceback):
     run(argv[1])
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: cli.parse_or_fail(PROGRAM, FLAGS, argv))  # --help exits 0

@@ -4,11 +4,10 @@
   python -m ddpm_jax.main --workdir=runs/quickstart --mode=sample  # the workdir's config.json
   python -m ddpm_jax.main --helpconfig  # every config key, its default and what it does
 """
-import logging as logging_lib
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from ddpm_jax import cli, paths
@@ -65,39 +64,21 @@ def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: b
   from ddpm_jax.run import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize(coordinator_address, num_processes, process_id)  # before anything touches a device
   checks.validate_config(config)  # before TensorFlow and torch load: a bad value answers in seconds
-  if mode == 'eval' or config.eval.every_steps:
-    preload_torch_stack()  # ~10 s of imports that only evaluation needs
   enable_compilation_cache()
+  with cli.native_notices_hidden():  # TensorFlow prints C++ notices when a mode's imports (CLU, TFDS) load it
+    if mode == 'eval' or config.eval.every_steps:
+      preload_torch_stack()  # ~10 s of imports that only evaluation needs
+      from ddpm_jax.evaluation import scores  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    if mode == 'train':
+      from ddpm_jax.run import train  # pylint: disable=g-import-not-at-top
+    else:
+      from ddpm_jax.run import modes  # pylint: disable=g-import-not-at-top
   if mode == 'train':
-    from ddpm_jax.run import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, workdir, allow_config_change=allow_config_change)
-    return
-  from ddpm_jax.run import modes  # pylint: disable=g-import-not-at-top
-  if mode == 'sample':
+  elif mode == 'sample':
     modes.sample(config, workdir, checkpoint_step, allow_config_change)
   elif mode == 'eval':
     modes.evaluate(config, workdir, checkpoint_step, allow_config_change)
-
-
-class _QuietLibraries(logging_lib.Filter):
-  """Drops the INFO chatter of Orbax and grain (dozens of lines a checkpoint); keeps their warnings.
-
-  A failed save makes Orbax log each failing thread's traceback, and asyncio one more per
-  unwritten array at exit (thousands of lines for a U-Net). The run reports the failure in
-  one line of its own, so those keep one line each (without --traceback) and asyncio's go.
-  """
-
-  def __init__(self, tracebacks: bool):
-    super().__init__()
-    self.tracebacks = tracebacks
-
-  def filter(self, record):
-    from_library = any(part in record.pathname for part in ('/orbax/', '/grain/'))
-    if record.name == 'asyncio' and 'exception was never retrieved' in record.getMessage():
-      return self.tracebacks
-    if from_library and not self.tracebacks:
-      record.exc_info, record.exc_text = None, None
-    return record.levelno >= logging_lib.WARNING or not from_library
 
 
 def load_config():
@@ -120,8 +101,8 @@ def load_config():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(_QuietLibraries(FLAGS.traceback))
+    cli.fail(PROGRAM, f'unexpected arguments: {" ".join(argv[1:])} (flags take the form --name=value)')
+  cli.quiet_libraries(FLAGS['verbosity'].present, FLAGS.traceback)  # before JAX and TensorFlow load
   with cli.one_line_errors(PROGRAM, FLAGS.traceback):
     run(load_config(), FLAGS.workdir, FLAGS.mode, FLAGS.checkpoint_step, FLAGS.allow_config_change,
         coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
@@ -137,14 +118,26 @@ def parse_flags(argv):
     from ddpm_jax.config import reference  # pylint: disable=g-import-not-at-top
     print(reference.text(), end='')
     sys.exit(0)
+  missing_config = override_without_config(argv)
+  if missing_config:
+    cli.fail(PROGRAM, missing_config)
   try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(PROGRAM, f'{e} (pass --helpfull to see the flags)')
+    return cli.parse_or_fail(PROGRAM, FLAGS, argv)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # config_flags applies --config.KEY=VALUE overrides while parsing; an unknown key gets the schema's word.
     cli.fail(PROGRAM, unknown_override(argv) or
              'bad config override: ' + str(e).replace('\\n', ' ').replace("\\'", "'"))
+
+
+def override_without_config(argv) -> str:
+  """Returns the one-line error of --config.KEY=VALUE overrides given without --config ('' otherwise)."""
+  args = argv[1:]
+  overrides = [arg.split('=', 1)[0] for arg in args if arg.startswith('--config.')]
+  if not overrides or any(arg == '--config' or arg.startswith('--config=') for arg in args):
+    return ''
+  workdir = next((arg.split('=', 1)[1] for arg in args if arg.startswith('--workdir=')), 'WORKDIR')
+  return (f'{overrides[0]} overrides a key of --config, which is not given; to change a key of the workdir\'s '
+          f'saved config, add --config=configs/workdir.py:{workdir}')
 
 
 def unknown_override(argv) -> str:

@@ -64,7 +64,9 @@ def finish(processes: dict) -> dict:
 def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in_one(local_env, tmp_path, adam_atol,
                                                                                        caplog):
   two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
-  cluster = [f'--workdir={two}', f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
+  # --verbosity=0: absl's INFO lines (each process's devices, the files it wrote), hidden by default, on stderr.
+  cluster = [f'--workdir={two}', f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2',
+             '--verbosity=0']
   processes = {f'process {i}': start(local_env, command(*cluster, f'--process_id={i}'), FAST_COMPILE)
                for i in range(2)}
   # The reference: the plain CLI in one process with two CPU devices (the loader gives each process its rows

@@ -5,11 +5,15 @@ size limit need a process of their own (the CLI); the rest runs in-process, as m
 Bit-exactness is checked through the digest each checkpoint stores: the SHA-256 of the whole train state
 (step, params, EMA, optimizer state, key), so equal digests mean equal states, bit for bit.
 """
+import asyncio
+import gc
 import json
 import logging
 import os
 import re
 import subprocess
+import sys
+import threading
 import time
 
 import jax
@@ -19,6 +23,7 @@ import pytest
 
 from clitools import ROOT, command, error_line
 from ddpm_jax import errors
+from ddpm_jax.run import checkpoints
 from ddpm_jax.reporting.runs import scalars
 from runs import TWELVE_STEPS, checkpoint_steps, copy_run, digest, run
 
@@ -49,15 +54,20 @@ def test_same_config_and_seed_give_the_same_loss_curve_and_state(trained_12, tmp
 KILL_AFTER_STEPS = (4, 9)
 
 
+# What a run must not print at the default verbosity: JAX's, TensorFlow's and Orbax's start-up notices and internals.
+LIBRARY_NOISE = re.compile(r"Unable to initialize backend|oneDNN|absl::InitializeLog|Metadata file does not exist|"
+                           r"orbax|Exception ignored|Traceback")
+
+
 def kill_once_logged(env, workdir: str, step: int, log_path) -> None:
   """Starts the 12-step run in workdir and SIGKILLs it as soon as it has logged `step` (every step is logged).
 
-  Fails unless the run got there and was still going when killed.
+  Fails unless the run got there and was still going when killed, or if it printed the libraries' noise.
   """
-  with open(log_path, 'w') as log:
-    process = subprocess.Popen(command(f'--workdir={workdir}', *RUN), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=log)
-  logged = re.compile(rf'\] \[{step}\] ')
+  with open(log_path, 'w') as log, open(f'{log_path}.stderr', 'w') as errors_log:
+    process = subprocess.Popen(command(f'--workdir={workdir}', *RUN), cwd=ROOT, env=env, stdout=log,
+                               stderr=errors_log)
+  logged = re.compile(rf'^step {step}/{STEPS} ', re.MULTILINE)  # the run's line per logging period, on stdout
   deadline = time.monotonic() + 300
   try:
     while process.poll() is None and time.monotonic() < deadline and not logged.search(log_path.read_text()):
@@ -68,6 +78,8 @@ def kill_once_logged(env, workdir: str, step: int, log_path) -> None:
     process.wait()
   assert running and logged.search(log_path.read_text()), \
       f'the run ended before it logged step {step}: {log_path.read_text()[-3000:]}'
+  noise = LIBRARY_NOISE.search(open(f'{log_path}.stderr').read())
+  assert not noise, open(f'{log_path}.stderr').read()[-3000:]
 
 
 def test_sigkill_mid_run_twice_then_resume_ends_bit_exact(env, trained_12, tmp_path):
@@ -89,7 +101,13 @@ def test_a_truncated_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(t
     f.truncate(os.path.getsize(biggest) // 2)
   earlier = {step: digest(workdir, step) for step in checkpoint_steps(workdir)[:-1]}
   train(workdir)
-  assert f'Checkpoint {STEPS} is damaged' in capsys.readouterr().out
+  printed = capsys.readouterr()
+  # One line names the damaged checkpoint, where it went and the one used instead; no TensorStore spec, no traceback.
+  damaged = [line for line in printed.out.splitlines() if f'Checkpoint {STEPS}' in line]
+  assert len(damaged) == 1 and damaged[0].startswith(f'Checkpoint {STEPS} is damaged (')
+  assert damaged[0].endswith(f': moved it to {workdir}/checkpoints_corrupt/{STEPS}; using checkpoint {STEPS - 3} '
+                             'instead.')
+  assert not LIBRARY_NOISE.search(printed.out + printed.err) and 'TensorStore' not in printed.out
   assert f'Training from step {STEPS - 3} to {STEPS}' in caplog.text
   assert os.path.isdir(os.path.join(workdir, 'checkpoints_corrupt', str(STEPS)))
   assert digest(workdir, STEPS) == digest(trained_12, STEPS)
@@ -109,6 +127,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(env, trained_
   error = error_line(full.stderr)
   assert error.startswith(f'ddpm_jax: error: could not save checkpoint 15 in {workdir}/checkpoints: File too large.')
   assert 'Earlier checkpoints are intact: [9, 12]' in error
+  assert not LIBRARY_NOISE.search(full.stderr), full.stderr[-3000:]  # nothing of Orbax's failing threads
   assert {step: digest(workdir, step) for step in checkpoint_steps(workdir)} == kept
 
 
@@ -150,3 +169,43 @@ def test_nan_losses_stop_the_run_naming_the_step_and_no_checkpoint_is_bad(tmp_pa
     state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
     for leaf in jax.tree_util.tree_leaves((state['params'], state['ema_params'], state['opt_state'])):
       assert np.isfinite(np.asarray(leaf)).all(), f'checkpoint {step}'
+
+
+async def pending_read(loop):
+  """A read as Orbax leaves it when another fails: pending, and touching its loop on the way out."""
+  try:
+    await asyncio.sleep(3600)
+  finally:
+    loop.call_soon(lambda: None)
+
+
+def tensorstore_callback(loop):
+  """What a TensorStore I/O thread does when a read or write ends: it reports the error with PyErr_Print."""
+  try:
+    loop.call_soon_threadsafe(lambda: None)
+  except RuntimeError as e:
+    sys.excepthook(type(e), e, e.__traceback__)
+
+
+def test_reads_abandoned_on_a_closed_event_loop_print_nothing(monkeypatch, capfd, caplog):
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
+  monkeypatch.setattr(sys, 'excepthook', sys.__excepthook__)
+  checkpoints.silence_abandoned_io()
+  loop = asyncio.new_event_loop()
+  tasks = [loop.create_task(pending_read(loop)) for _ in range(3)]
+  loop.run_until_complete(asyncio.sleep(0))
+  loop.close()  # as Orbax closes its loop once a read fails, the others still pending
+  del tasks
+  gc.collect()
+  io_thread = threading.Thread(target=tensorstore_callback, args=(loop,))
+  io_thread.start()
+  io_thread.join()
+  assert capfd.readouterr().err == '' and 'Task was destroyed' not in caplog.text
+  FailsWhenCollected()
+  assert 'RuntimeError: another error' in capfd.readouterr().err  # everything else is reported as before
+
+
+class FailsWhenCollected:
+
+  def __del__(self):
+    raise RuntimeError('another error')

@@ -31,7 +31,7 @@ def test_train_writes_config_events_checkpoints_and_grids(trained):
   assert checkpoint_steps(trained) == [2, 4]
   for step in (2, 4):
     grid = np.asarray(Image.open(os.path.join(trained, 'samples', f'step_{step}.png')))
-    assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 10, 2 + 2 * 10, 3)  # 4 images of 8 px in a 2x2 grid
+    assert grid.dtype == np.uint8 and grid.shape == (2 + 2 * 258, 2 + 2 * 258, 3)  # 4 images of 8 px x 32 in a 2x2 grid
 
 
 def test_second_run_resumes_and_trains_only_the_remaining_steps(trained, tmp_path, caplog, capsys):
@@ -90,6 +90,19 @@ def test_missing_config_file_and_unknown_key_are_flag_errors(env, tmp_path):
   unknown = cli(env, f'--workdir={tmp_path}/w', '--config.training.num_stepz=3')
   assert unknown.returncode != 0 and 'num_stepz' in unknown.stderr and 'Traceback' not in unknown.stderr
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_help_exits_0_and_an_override_without_config_points_to_the_workdirs_config(env, tmp_path):
+  bare = [sys.executable, '-m', 'ddpm_jax.main']
+  helped = subprocess.run(bare + ['--help'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert helped.returncode == 0 and '--workdir' in helped.stdout + helped.stderr
+  workdir = tmp_path / 'w'
+  override = subprocess.run(bare + [f'--workdir={workdir}', '--mode=eval', '--config.eval.num_samples=8'], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+  assert override.returncode == 2 and override.stdout == ''
+  assert override.stderr == (f'ddpm_jax: error: --config.eval.num_samples overrides a key of --config, which is not '
+                             f"given; to change a key of the workdir's saved config, add "
+                             f'--config=configs/workdir.py:{workdir}\n')
 
 
 def test_unwritable_workdir_is_one_error(tmp_path):

@@ -12,9 +12,12 @@ checkpoints_corrupt/, never deleting them.
 """
 import dataclasses
 import hashlib
+import logging as logging_lib
 import os
 import re
 import shutil
+import sys
+import threading
 
 import jax
 import numpy as np
@@ -28,6 +31,7 @@ STATE, DIGEST = 'state', 'digest'
 
 def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   """Returns the CheckpointManager of workdir/checkpoints, keeping the newest `keep` checkpoints."""
+  silence_abandoned_io()  # before any I/O: a failed save's threads print while the loop still trains
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(paths.Workdir(workdir).checkpoints, options=options,
                                item_names=(STATE, DIGEST))
@@ -48,6 +52,9 @@ def error_reason(error: BaseException) -> str:
   if isinstance(error, OSError) and error.strerror:
     return error.strerror
   text = ' '.join(str(error).split())
+  if 'See full TensorStore details' in text:  # the rest is a TensorStore spec, dozens of lines; the cause says why
+    text = ' '.join(str(error.__cause__ or text.split(' See full TensorStore details')[0]).split())
+    text = re.sub(r' in OCDBT database at local file "[^"]*"', '', text)  # the checkpoint is named beside it
   code = re.search(r"os_error_code='?(\d+)", text)
   if code:
     return os.strerror(int(code.group(1)))
@@ -159,6 +166,45 @@ def quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
+def _is_closed_loop_error(error) -> bool:
+  """Returns whether `error` is asyncio's "Event loop is closed"."""
+  return isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'
+
+
+class _ClosedLoopFilter(logging_lib.Filter):
+  """Drops asyncio's "Task was destroyed but it is pending!" of the I/O Orbax abandons."""
+
+  def filter(self, record):
+    return not (record.name == 'asyncio' and record.getMessage().startswith('Task was destroyed but it is pending'))
+
+
+def silence_abandoned_io() -> None:
+  """Keeps the reads and writes Orbax abandons when a checkpoint fails from printing a traceback each.
+
+  Orbax runs a checkpoint's reads or writes (one coroutine per array) on an event loop of its own and
+  closes the loop when the first fails, the others still pending (asyncio_utils: no cancellation before
+  loop.close()). Each one left then raises "Event loop is closed": a coroutine when it is collected
+  (sys.unraisablehook, "Exception ignored in ..."), a TensorStore callback on its I/O thread
+  (PyErr_Print, so sys.excepthook), a task in asyncio's log. Thousands of tracebacks for a U-Net, seen with
+  a damaged checkpoint and a full disk; `restore` and `check_saved` report the failure in one line.
+  """
+  if getattr(sys.unraisablehook, 'silences_closed_loops', False):
+    return
+  unraisablehook, excepthook = sys.unraisablehook, sys.excepthook
+
+  def on_unraisable(unraisable):
+    if not _is_closed_loop_error(unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  def on_exception(exc_type, value, traceback):
+    if not (_is_closed_loop_error(value) and threading.current_thread() is not threading.main_thread()):
+      excepthook(exc_type, value, traceback)  # the main thread's errors always show
+
+  on_unraisable.silences_closed_loops = True
+  sys.unraisablehook, sys.excepthook = on_unraisable, on_exception
+  logging_lib.getLogger('asyncio').addFilter(_ClosedLoopFilter())
+
+
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """Returns the state of checkpoint `step`, or of the newest intact one.
 
@@ -176,12 +222,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
       state = restore_verified(manager, candidate, abstract_state)
     except Exception as e:  # pylint: disable=broad-except  # Orbax and TensorStore fail in many ways
       failures[candidate] = error_reason(e)
-      logging.warning('Checkpoint %d in %s cannot be restored: %s', candidate, manager.directory, failures[candidate])
+      logging.info('Checkpoint %d in %s cannot be restored: %s', candidate, manager.directory, failures[candidate])
       continue
-    for bad in failures:
+    for bad in failures:  # one line each: the list of failures, above, shows only with --verbosity
       moved = quarantine(manager, bad)
-      logging.warning('Moved damaged checkpoint %d to %s; resuming from checkpoint %d.', bad, moved, candidate)
-      print(f'Checkpoint {bad} is damaged ({failures[bad]}); moved it to {moved} and resumed from {candidate}.')
+      print(f'Checkpoint {bad} is damaged ({failures[bad]}): moved it to {moved}; using checkpoint {candidate} '
+            'instead.')
     logging.info('Restored checkpoint %d from %s', candidate, manager.directory)
     return state
   reasons = '; '.join(f'step {s}: {reason}' for s, reason in failures.items())

@@ -17,6 +17,7 @@ from ddpm_jax.core import keys
 from ddpm_jax.run import build as components_lib
 from ddpm_jax.run import checkpoints
 from ddpm_jax.run import images
+from ddpm_jax.run import progress
 from ddpm_jax.run import workdir as workdir_lib
 
 
@@ -37,7 +38,14 @@ class TrainedRun:
 
 
 def open_trained_run(config: schema.Config, workdir: str, allow_config_change: bool = False) -> TrainedRun:
-  """Returns the workdir opened for reading, once its saved config.json allows this config."""
+  """Returns the workdir opened for reading, once its saved config.json allows this config.
+
+  A workdir without checkpoints/ is refused before anything is made there: reading creates no workdir.
+  """
+  if not os.path.isdir(paths.Workdir(workdir).checkpoints):
+    what = 'holds no checkpoints/' if os.path.isdir(workdir) else 'does not exist'
+    raise FileNotFoundError(f'--workdir={workdir} {what}, so there is no trained model to read; give the workdir of '
+                            'a trained or imported run (python -m ddpm_jax.convert import makes one)')
   workdir_lib.check_config(workdir, config, True, allow_config_change)
   components = components_lib.build(config)
   return TrainedRun(config, components, checkpoints.make_manager(workdir, config.training.keep_checkpoints))
@@ -52,8 +60,10 @@ def sample(config: schema.Config, workdir: str, checkpoint_step: int | None = No
   run = open_trained_run(config, workdir, allow_config_change)
   state = run.restore(checkpoint_step)
   step, s, sampler = int(state.step), config.sampling, run.components.sampler
-  batches = [np.asarray(b) for b in sampler.batches(state.ema_params, lambda i: keys.sample_key(state.rng, step, i),
-                                                    s.num_samples, s.batch_size)]
+  batches = sampler.batches(state.ema_params, lambda i: keys.sample_key(state.rng, step, i), s.num_samples,
+                            s.batch_size)
+  batches = [np.asarray(b) for b in progress.timed_batches(batches, -(-s.num_samples // s.batch_size),
+                                                           f'Sampling {s.num_samples} images ({sampler.name})')]
   name = f'sample_step_{step}_{sampler.name}'
   if jax.process_index() != 0:  # every process samples (the params span them all); process 0 writes
     return None
@@ -67,13 +77,19 @@ def sample(config: schema.Config, workdir: str, checkpoint_step: int | None = No
 
 def evaluate(config: schema.Config, workdir: str, checkpoint_step: int | None = None,
              allow_config_change: bool = False) -> dict:
-  """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}."""
+  """Evaluates one checkpoint, or every checkpoint of workdir; returns {step: metrics}.
+
+  With eval.phema_sigma_rels, the post-hoc EMA of each at each step instead: {(step, sigma_rel): metrics}.
+  """
   run = open_trained_run(config, workdir, allow_config_change)
   if config.eval.protocol == 'paper' and jax.default_backend() == 'cpu':
     logging.warning('The paper protocol samples %d images over all steps: without a GPU (JAX sees only the CPU) '
                     'that takes days.', config.eval.paper_num_samples)
   from ddpm_jax.evaluation import scores  # pylint: disable=g-import-not-at-top  # loads torch
   evaluation = scores.make_evaluation(config, run.components, force=True)
+  if config.eval.phema_sigma_rels:  # the post-hoc EMA sweep: reconstructions in place of the EMA params
+    from ddpm_jax.evaluation import phema_sweep  # pylint: disable=g-import-not-at-top
+    return phema_sweep.evaluate(config, workdir, evaluation, run.components.mesh, run.steps(), checkpoint_step)
   steps = [checkpoint_step] if checkpoint_step is not None else run.steps()
   if not steps:
     raise FileNotFoundError(f'no checkpoint in {run.manager.directory} to evaluate')

@@ -5,8 +5,8 @@ import signal
 import jax
 import numpy as np
 from absl import logging
-from clu import periodic_actions
 
+from ddpm_jax import data
 from ddpm_jax import errors
 from ddpm_jax import paths
 from ddpm_jax.config import convert, schema
@@ -15,14 +15,18 @@ from ddpm_jax.core.models.unet import count_params
 from ddpm_jax.run import build as components_lib
 from ddpm_jax.run import checkpoints
 from ddpm_jax.run import images
+from ddpm_jax.run import phema_snapshots
+from ddpm_jax.run import progress
 from ddpm_jax.run import workdir as workdir_lib
 from ddpm_jax.run import writers
 from ddpm_jax.run.train_input import TrainInput
 
 
 def open_workdir(config: schema.Config, workdir: str, allow_config_change: bool = False):
-  """Returns (the workdir's checkpoint manager, the config's changes) once the config may train there."""
-  workdir_lib.check_writable(workdir)
+  """Returns (the workdir's checkpoint manager, the config's changes) once the config may train there.
+
+  Creates workdir/checkpoints/ where it is missing: `resume_or_start` checks the data and writability first.
+  """
   manager = checkpoints.make_manager(workdir, config.training.keep_checkpoints)
   changes = workdir_lib.check_config(workdir, config, manager.latest_step() is not None, allow_config_change)
   return manager, changes
@@ -90,6 +94,34 @@ def restore_or_init(config, components: components_lib.Components, manager) -> t
   return checkpoints.restore(manager, components_lib.abstract_state(config, components))
 
 
+def check_data(config: schema.Config) -> None:
+  """Returns None once the train split (and the eval split, when evaluations read it) opens with images."""
+  reads_eval_split = config.eval.every_steps and not config.eval.reference_stats
+  data.check_dataset(config.data, ('train',) + ((config.data.eval_split,) if reads_eval_split else ()))
+
+
+def resume_or_start(config: schema.Config, components: components_lib.Components, workdir: str,
+                    allow_config_change: bool = False):
+  """Returns (manager, config changes, state): the newest intact checkpoint's state, or a fresh one.
+
+  Nothing is written before the data opens: a workdir with checkpoints is read first (a finished run
+  comes back from there having written nothing), then the dataset is checked, and only then is a new
+  workdir created.
+  """
+  existing = os.path.isdir(paths.Workdir(workdir).checkpoints)
+  if existing:
+    manager, changes = open_workdir(config, workdir, allow_config_change)
+    state = restore_or_init(config, components, manager)
+    if int(state.step) >= config.training.num_steps:
+      return manager, changes, state
+  check_data(config)
+  workdir_lib.check_writable(workdir)
+  if not existing:
+    manager, changes = open_workdir(config, workdir, allow_config_change)
+    state = restore_or_init(config, components, manager)
+  return manager, changes, state
+
+
 def train_and_evaluate(config: schema.Config, workdir: str,
                        allow_config_change: bool = False) -> train_step.TrainState | None:
   """Trains to config.training.num_steps, resuming from workdir's latest checkpoint; returns the final state.
@@ -102,14 +134,14 @@ def train_and_evaluate(config: schema.Config, workdir: str,
     from ddpm_jax.evaluation import scores  # pylint: disable=g-import-not-at-top
     evaluation = scores.make_evaluation(config, components)  # fails here, before training, without Inception
   t = config.training
-  manager, config_changes = open_workdir(config, workdir, allow_config_change)
-  state = restore_or_init(config, components, manager)
-  if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
-    workdir_lib.record_config(workdir, config, config_changes)
-  if int(state.step) >= t.num_steps:
+  manager, config_changes, state = resume_or_start(config, components, workdir, allow_config_change)
+  if int(state.step) >= t.num_steps:  # before config.json is recorded: a run with nothing to do writes nothing
+    manager.close()
     logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, state.step, t.num_steps)
     print(f'Run already finished at step {int(state.step)} (training.num_steps={t.num_steps}); nothing to do.')
     return None
+  if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
+    workdir_lib.record_config(workdir, config, config_changes)
   # The batches are a function of the step alone: the input starts at the restored step's batch.
   train_input = TrainInput(config, components.mesh, start_step=int(state.step))
   writer = writers.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
@@ -176,6 +208,20 @@ def save_checkpoint(manager, step: int, state, previous_step: int | None) -> int
   return step
 
 
+def log_period(step: int, metrics_log: MetricsLog, shown: progress.TrainProgress, writer) -> None:
+  """Writes the period's metric means and training's own rate (compiling and paused work excluded), and shows them."""
+  steps_per_sec = shown.report(step, metrics_log.write(step))
+  if steps_per_sec is not None:
+    writer.write_scalars(step, {'steps_per_sec': steps_per_sec})
+
+
+def evaluate_in_loop(evaluation, state, workdir: str, step: int, writer) -> str:
+  """Evaluates the state, writes its scores and shows their summary line; returns it."""
+  line = evaluation.summary(step, evaluation.evaluate_and_write(state, workdir, step, writer))
+  progress.say(line)
+  return line
+
+
 def run_loop(config, components, state, train_input, manager, writer, workdir, evaluation=None):
   """Returns the state after training from state.step to num_steps (or to a SIGTERM/SIGINT), with the periodic actions."""
   t = config.training
@@ -183,33 +229,46 @@ def run_loop(config, components, state, train_input, manager, writer, workdir, e
   logging.info('Training from step %d to %d.', first_step, t.num_steps)
   logging.info('Process %d of %d, %d of %d devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  progress = periodic_actions.ReportProgress(num_train_steps=t.num_steps, writer=writer,
-                                             every_steps=t.log_every_steps)
+  shown = progress.TrainProgress(first_step, t.num_steps)  # a live bar on a terminal, else a line per period
   metrics_log = MetricsLog(writer, components.learning_rate)
-  saved_step = None
+  saved_step, last_evaluation = None, None
   with StopRequest() as stop:
     for step in range(first_step + 1, t.num_steps + 1):
       state, metrics = components.step_fn(state, train_input.next())
       metrics_log.add(metrics)
-      progress(step)
+      shown.step(step, metrics)
       if is_time(step, t.log_every_steps, t.num_steps):
-        metrics_log.write(step)
+        log_period(step, metrics_log, shown, writer)
         check_finite(state, manager, t.max_nonfinite_steps)
         if saved_step is not None:
           checkpoints.check_saved(manager, saved_step)
       if is_time(step, t.sample_every_steps, t.num_steps):
-        write_grid(config, components, state, workdir, writer, step)
+        with shown.paused(state, 'grid'):
+          write_grid(config, components, state, workdir, writer, step)
+      if t.phema_sigma_rels and is_time(step, t.phema_every_steps, t.num_steps):
+        with shown.paused(state, 'phema snapshot'):
+          phema_snapshots.write_snapshots(workdir, state, t.phema_sigma_rels, t.phema_dtype)
       if evaluation is not None and is_time(step, config.eval.every_steps, t.num_steps):
-        evaluation.evaluate_and_write(state, workdir, step, writer)
+        with shown.paused(state, 'evaluate'):
+          last_evaluation = evaluate_in_loop(evaluation, state, workdir, step, writer)
       if is_time(step, t.checkpoint_every_steps, t.num_steps) or stop.signal:
-        saved_step = save_checkpoint(manager, step, state, saved_step)
+        with shown.paused(state, 'save'):
+          saved_step = save_checkpoint(manager, step, state, saved_step)
       if stop.signal:
         break
+  finish(manager, saved_step, shown, int(state.step), last_evaluation, stop.signal)
+  return state
+
+
+def finish(manager, saved_step: int | None, shown: progress.TrainProgress, step: int, last_evaluation: str | None,
+           signal_name: str | None) -> None:
+  """Returns once the last checkpoint is on disk, after the closing line (and, after a signal, how to resume)."""
   if saved_step is not None:
     checkpoints.check_saved(manager, saved_step, wait=True)  # a run ends only once its last checkpoint is on disk
-  if stop.signal:
-    logging.warning('%s received: saved checkpoint %d and stopped; run the same command to resume.', stop.signal,
-                    saved_step)
-    print(f'{stop.signal}: saved checkpoint {saved_step}; run the same command to resume.')
-  return state
+  newest = manager.latest_step()
+  shown.close(step, os.path.join(str(manager.directory), str(newest)) if newest is not None else None, last_evaluation)
+  if signal_name:
+    logging.info('%s received: saved checkpoint %d and stopped; run the same command to resume.', signal_name,
+                 saved_step)
+    print(f'{signal_name}: saved checkpoint {saved_step}; run the same command to resume.')
 
