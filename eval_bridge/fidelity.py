@@ -8,6 +8,7 @@ are then computed from those by torch-fidelity's `fid_features_to_statistics` /
 `prc_features_to_metric`, so the numbers are torch-fidelity's.
 """
 import contextlib
+import hashlib
 import os
 
 import numpy as np
@@ -32,7 +33,12 @@ PRC_BATCH_SIZE = 5000
 METRIC_SEED = 2020  # torch-fidelity's rng_seed: IS's shuffle, KID's subsets (config eval.metric_seed)
 MAX_KID_SUBSET_SIZE = 1000  # torch-fidelity's default, lowered to fit small sample counts
 INCEPTION_URL = feature_extractor_inceptionv3.URL_INCEPTION_V3
-_FIX = 'or eval.every_steps=0 to turn evaluation off'
+# torch hub's naming convention: the file name ends in the first digits of the file's SHA-256 (6726825d).
+RELEASED_SHA256_PREFIX = torch.hub.HASH_REGEX.search(os.path.basename(INCEPTION_URL)).group(1)
+STANDIN_COMMAND = 'python -m eval_bridge.testing'
+# The third way out of missing weights, by where the check runs: training can go on without evaluating.
+TRAINING_OFF = 'or set eval.every_steps=0 to train without evaluation'
+EVAL_MODE_OFF = "or score only what needs no Inception: eval.metrics=\"('ms_ssim', 'artefacts')\""
 
 
 def default_device() -> torch.device:
@@ -66,33 +72,56 @@ def _one_line(error: BaseException) -> str:
   return f'{type(error).__name__}: {lines[0] if lines else ""}'
 
 
-def check_inception_weights(weights_path: str) -> None:
-  """Returns None if the Inception weights can be had; raises a one-line error naming the fix.
+def file_sha256(path: str) -> str:
+  """Returns the SHA-256 of a file's bytes, read 16 MB at a time."""
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 24), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def inception_record(weights_path: str = '') -> dict:
+  """Returns {'inception_sha256', 'standin_inception'}: which weights Inception loads, and whether they are a stand-in.
+
+  '' is torch hub's downloaded file. Any weights but torch-fidelity's released ones (the stand-in
+  weights of `eval_bridge.testing` above all) give scores that compare with no published number.
+  """
+  path = weights_path or cached_weights_path()
+  sha256 = file_sha256(path) if os.path.isfile(path) else ''
+  return {'inception_sha256': sha256, 'standin_inception': not sha256.startswith(RELEASED_SHA256_PREFIX)}
+
+
+def ways_out(off: str = TRAINING_OFF) -> str:
+  """Returns how to get past missing Inception weights: the real file, stand-in weights, or (`off`) no Inception."""
+  name = os.path.basename(INCEPTION_URL)
+  return (f'set eval.inception_weights=/path/to/{name} (download it from {INCEPTION_URL}), or, for a smoke '
+          f'test, write stand-in weights with `{STANDIN_COMMAND} /tmp/standin_inception.pth` and set '
+          f'eval.inception_weights to that file (their scores are marked stand-in){", " + off if off else ""}')
+
+
+def check_inception_weights(weights_path: str, off: str = TRAINING_OFF) -> None:
+  """Returns None if the Inception weights can be had; raises a one-line error naming the ways out.
 
   Called at start-up, before training, so a run does not die at its first
   evaluation. A given path must exist and load into the extractor; with no path
   the weights must be in the torch hub cache or download now (into that cache).
+  `off` is the way to do without Inception where the check runs ('' for none).
   """
   if weights_path:
     if not os.path.isfile(weights_path):
-      raise ValueError(
-          f'eval.inception_weights={weights_path!r} does not exist; set eval.inception_weights to '
-          f'a torch-fidelity Inception weights file ({os.path.basename(INCEPTION_URL)}) {_FIX}')
+      raise ValueError(f'eval.inception_weights={weights_path!r} does not exist; {ways_out(off)}')
     try:
       load_inception(weights_path)
     except Exception as error:  # pylint: disable=broad-except  # any failure has the same fix
-      raise RuntimeError(
-          f'eval.inception_weights={weights_path!r} is not loadable Inception weights '
-          f'({_one_line(error)}); set eval.inception_weights to torch-fidelity\'s '
-          f'{os.path.basename(INCEPTION_URL)} {_FIX}') from None
+      raise RuntimeError(f'eval.inception_weights={weights_path!r} is not loadable Inception weights '
+                         f'({_one_line(error)}); {ways_out(off)}') from None
   elif not os.path.isfile(cached_weights_path()):
     try:
       torch.hub.load_state_dict_from_url(INCEPTION_URL, progress=False)
     except Exception as error:  # pylint: disable=broad-except  # offline, proxy, disk: same fix
-      raise RuntimeError(
-          f'could not download the Inception weights {INCEPTION_URL} ({_one_line(error)}); on an '
-          f'offline machine download it elsewhere and set eval.inception_weights=/path/to/'
-          f'{os.path.basename(INCEPTION_URL)}, {_FIX}') from None
+      raise RuntimeError(f'could not download the Inception weights ({_one_line(error)}); on an offline machine '
+                         f'{ways_out(off)}') from None
 
 
 def check_uint8_nchw(images: torch.Tensor) -> None:

@@ -3,6 +3,7 @@
 The reference is diffusers itself: random-weight models saved with save_pretrained, loaded back
 with from_pretrained, run forward in torch and compared with our U-Net on the imported weights.
 """
+import glob
 import importlib.util
 import json
 import os
@@ -23,7 +24,7 @@ from ddpm_jax.interop import diffusers_layout
 from ddpm_jax.interop import workdir_io as convert_workdir
 from ddpm_jax.run import modes
 from ddpm_jax.run import workdir as workdir_lib
-from runs import ROOT
+from runs import ROOT, copy_run
 
 # diffusion_tf's conventions, as google/ddpm-* configs spell them.
 DDPM_LAYOUT = dict(flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6, attention_head_dim=None)
@@ -278,6 +279,29 @@ def test_export_of_a_trained_run_and_its_refusals(trained, tmp_path):
   assert (other / 'notes.txt').read_text() == 'mine'
   with pytest.raises(ValueError, match='holds the workdir'):
     convert_workdir.export_workdir(trained, os.path.dirname(trained), overwrite=True)
+
+
+def test_the_model_card_lists_metrics_alone_and_the_step_exported_past_a_damaged_one(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path / 'run')
+  evaluation = {'fid': 12.5, 'kid_mean': 0.01, 'kid_std': 0.002, 'ms_ssim': 0.3, 'eta': 0.0, 'num_samples': 8,
+                'num_reference': 8, 'sampling_steps': 3, 'sampler': 'ddim', 'kid_subset_size': 8,
+                'reference_split': 'test', 'protocol': 'fast', 'standin_inception': True, 'inception_sha256': 'ab' * 32}
+  os.makedirs(os.path.join(workdir, 'eval'))
+  with open(os.path.join(workdir, 'eval', 'step_2.json'), 'w') as f:
+    json.dump({'step': 2, **evaluation}, f)
+  newest = max(glob.glob(os.path.join(workdir, 'checkpoints', '4', 'state', '**', 'd', '*'), recursive=True),
+               key=os.path.getsize)
+  with open(newest, 'r+b') as f:  # the newest checkpoint is damaged: the export falls back to step 2
+    f.truncate(os.path.getsize(newest) // 2)
+  out = convert_workdir.export_workdir(workdir, str(tmp_path / 'export'))
+  with open(os.path.join(out, 'README.md')) as f:
+    card = f.read()
+  rows = [line.split(' | ')[0].strip('| ') for line in card.splitlines() if line.startswith('| ') and
+          not line.startswith('| metric')]
+  assert rows == ['fid (stand-in Inception)', 'kid_mean (stand-in Inception)', 'kid_std (stand-in Inception)',
+                  'ms_ssim']  # settings (eta, subset size, n, num_reference) are not metrics
+  assert '- exported: the EMA params of step 2 (the newest checkpoint, step 4, could not be read' in card
+  assert 'Stand-in Inception weights' in card and 'Scored from 8 samples, ddim 3 steps, against test (8 images)' in card
 
 
 def jax_leaves(tree) -> list:

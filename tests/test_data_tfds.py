@@ -6,6 +6,9 @@ every image that comes out of a source tells which example it was.
 """
 import contextlib
 import os
+import time
+import urllib.error
+import urllib.request
 from unittest import mock
 
 import numpy as np
@@ -68,8 +71,10 @@ def mocked_tfds(examples_by_split):
   """Yields with TFDS mocked: these splits, holding these (id, label) examples."""
   split_infos = {name: mock.Mock(num_bytes=0, num_examples=len(examples))
                  for name, examples in examples_by_split.items()}
+  # The mocked download needs no network: the host check answers that it is online.
   with tfds.testing.mock_data(as_dataset_fn=fake_reader(examples_by_split)), mock.patch.object(
-      tfds.core.DatasetInfo, 'splits', new_callable=mock.PropertyMock, return_value=split_infos):
+      tfds.core.DatasetInfo, 'splits', new_callable=mock.PropertyMock, return_value=split_infos), mock.patch.object(
+      tfds_lib, 'unreachable', return_value=''):
     yield
 
 
@@ -182,7 +187,8 @@ def test_dataset_not_downloaded_is_one_clear_line(data_dir):
 
 def test_failed_download_reports_tfds_reason(data_dir):
   offline = ConnectionError('Failed to resolve www.cs.toronto.edu')
-  with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', side_effect=offline):
+  with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', side_effect=offline), mock.patch.object(
+      tfds_lib, 'unreachable', return_value=''):  # the host answered; the download itself failed
     with pytest.raises(ValueError, match='Failed to resolve www.cs.toronto.edu.*tfds build cifar10'):
       tfds_lib.tfds_source('cifar10', 'test', image_size=IMAGE_SIZE, data_dir=data_dir, seed=0)
 
@@ -199,3 +205,23 @@ def test_unusable_dataset_names_fail_clearly(data_dir, name, error):
 def test_per_class_holdout_needs_enough_images_per_class():
   with pytest.raises(ValueError, match='Class 1 has 3 images'):
     tfds_lib.per_class_holdout(np.array([0] * 5 + [1] * 3), 4, np.random.default_rng(0))
+
+
+def test_offline_is_told_in_seconds_without_asking_tfds_to_download(data_dir):
+  def offline(request, timeout):
+    raise urllib.error.URLError(OSError(-2, 'Name or service not known'))
+  with mock.patch.object(urllib.request, 'urlopen', side_effect=offline) as asked, mock.patch.object(
+      tfds.core.DatasetBuilder, 'download_and_prepare') as download:  # TFDS would retry for 212 s
+    started = time.monotonic()
+    with pytest.raises(ValueError) as raised:
+      tfds_lib.tfds_source('cifar10', 'train', image_size=IMAGE_SIZE, data_dir=data_dir, seed=0)
+  assert time.monotonic() - started < 10 and not download.called
+  assert asked.call_args.kwargs['timeout'] <= 5 and asked.call_args.args[0].full_url == 'https://www.cs.toronto.edu/'
+  message = str(raised.value)
+  assert '\n' not in message and 'looks offline (www.cs.toronto.edu: ' in message and 'tfds build cifar10' in message
+
+
+def test_any_http_answer_counts_as_online():
+  answer = urllib.error.HTTPError('https://example.org/', 403, 'Forbidden', {}, None)
+  with mock.patch.object(urllib.request, 'urlopen', side_effect=answer):
+    assert tfds_lib.unreachable(['https://example.org/data.tar.gz']) == ''

@@ -4,6 +4,8 @@ Inception runs with random weights written by the test (no download): about 5
 images/s on a small CPU, so only one fixture (16 images) goes through it.
 """
 import io
+import runpy
+import sys
 import urllib.error
 
 import jax.numpy as jnp
@@ -123,9 +125,40 @@ def test_device_quantisation_equals_host_quantisation():
 
 # Start-up check of the Inception weights.
 
-def assert_one_line_naming_fix(error):
+def assert_one_line_naming_fix(error, off='eval.every_steps=0'):
+  """Asserts the error is one line naming both ways out (the real file, stand-in weights) and training's third."""
   message = str(error.value)
-  assert '\n' not in message and 'eval.inception_weights' in message and 'eval.every_steps=0' in message
+  assert '\n' not in message and 'eval.inception_weights' in message and off in message
+  assert fidelity.INCEPTION_URL in message and 'python -m eval_bridge.testing' in message
+
+
+def test_in_eval_mode_the_error_offers_no_training_switch(tmp_path):
+  with pytest.raises(ValueError) as error:
+    fidelity.check_inception_weights(str(tmp_path / 'nope.pth'), fidelity.EVAL_MODE_OFF)
+  assert_one_line_naming_fix(error, off="eval.metrics=\"('ms_ssim', 'artefacts')\"")
+  assert 'every_steps' not in str(error.value)
+
+
+def test_the_standin_command_writes_weights_the_check_accepts_and_records_as_standin(tmp_path, monkeypatch, capsys):
+  path = str(tmp_path / 'standin.pth')
+  monkeypatch.setattr(sys, 'argv', ['eval_bridge.testing', path])
+  monkeypatch.delitem(sys.modules, 'eval_bridge.testing')  # run afresh, as a new process would
+  with pytest.raises(SystemExit) as exited:  # as `python -m eval_bridge.testing PATH` runs it
+    runpy.run_module('eval_bridge.testing', run_name='__main__')
+  assert exited.value.code == 0 and f'--config.eval.inception_weights={path}' in capsys.readouterr().out
+  assert fidelity.check_inception_weights(path) is None
+  record = fidelity.inception_record(path)
+  assert record == {'inception_sha256': fidelity.file_sha256(path), 'standin_inception': True}
+  # torch hub names the released file by its SHA-256's first digits: a file that has them is no stand-in.
+  monkeypatch.setattr(fidelity, 'RELEASED_SHA256_PREFIX', record['inception_sha256'][:8])
+  assert not fidelity.inception_record(path)['standin_inception']
+
+
+@pytest.mark.parametrize('argv', [[], ['a.pth', 'b.pth'], ['--seed=x', 'a.pth'], ['/nowhere/at/all.pth']])
+def test_the_standin_command_refuses_bad_arguments_in_one_line(argv, capsys):
+  assert testing.main(argv) == 2
+  error = capsys.readouterr().err
+  assert error.count('\n') == 1 and error.startswith('python -m eval_bridge.testing: error:')
 
 
 def test_missing_weights_path_fails_fast_naming_the_fix(tmp_path):

@@ -1,5 +1,6 @@
 """Evaluation in runs, offline: eval/* scalars in training, --mode=eval JSONs, fail-fast start-up."""
 import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -38,15 +39,19 @@ def evaluated(weights, tmp_path_factory):
   return workdir, cache
 
 
-def test_training_writes_eval_scalars_and_json(evaluated):
+def test_training_writes_eval_scalars_and_json(evaluated, weights):
   workdir, cache = evaluated
   logged = scalars(workdir)
-  for key in ('eval/fid', 'eval/kid_mean', 'eval/kid_std', 'eval/ms_ssim', 'eval/num_samples'):
+  # Stand-in Inception's scores are tagged apart from eval/, which keeps what Inception plays no part in.
+  for key in ('eval_standin_inception/fid', 'eval_standin_inception/kid_mean', 'eval_standin_inception/kid_std',
+              'eval/ms_ssim', 'eval/num_samples'):
     assert set(logged[key]) == {4}, key
-  assert logged['eval/num_samples'][4] == 8
+  assert 'eval/fid' not in logged and logged['eval/num_samples'][4] == 8
   with open(os.path.join(workdir, 'eval', 'step_4.json')) as f:
     result = json.load(f)
-  assert result['fid'] == pytest.approx(logged['eval/fid'][4], rel=1e-6) and result['fid'] > 0
+  assert (result['inception_sha256'], result['standin_inception']) == (hashlib.sha256(open(weights, 'rb').read())
+                                                                       .hexdigest(), True)
+  assert result['fid'] == pytest.approx(logged['eval_standin_inception/fid'][4], rel=1e-6) and result['fid'] > 0
   assert 0 < result['ms_ssim'] <= 1
   assert (result['sampler'], result['sampling_steps'], result['variance'], result['num_samples']) == \
       ('ddim', 3, 'beta_tilde', 8)
@@ -60,6 +65,7 @@ def test_eval_mode_writes_one_json_per_checkpoint(evaluated, weights, capsys):
       checkpoint_step=4)
   stdout = capsys.readouterr().out
   assert 'step 4: FID' in stdout and '(n=8, ddim 3 steps, eta 1, leading)' in stdout  # quickstart's sampling.eta
+  assert evaluation.STANDIN_MARK in stdout
   with open(os.path.join(workdir, 'eval', 'step_4.json')) as f:
     assert json.load(f)['num_samples'] == 8
 
@@ -70,8 +76,11 @@ def test_missing_weights_fail_before_training(tmp_path):
     run(workdir, {**EVAL, 'eval.inception_weights': '/nowhere/weights.pth'})
   error = str(failed.value)
   assert "eval.inception_weights='/nowhere/weights.pth' does not exist" in error and 'eval.every_steps=0' in error
-  assert '\n' not in error
+  assert '\n' not in error and 'python -m eval_bridge.testing' in error
   assert not workdir.exists()  # nothing was trained or written
+  with pytest.raises(ValueError) as failed:  # --mode=eval's check: every_steps means nothing there
+    evaluation.check_setup(tiny_config({'eval.inception_weights': '/nowhere/weights.pth'}), force=True)
+  assert 'python -m eval_bridge.testing' in str(failed.value) and 'every_steps' not in str(failed.value)
 
 
 @pytest.mark.parametrize('sampler,settings', [
@@ -136,4 +145,5 @@ def test_the_paper_protocol_scores_ddpm_over_all_steps_against_the_whole_train_s
   assert result['metric_settings']['ms_ssim']['pairs'] == 6
   assert tf32_during_inception and set(tf32_during_inception) == {(False, 'highest')}
   assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
-  assert evaluation.summary(4, result, config.eval.metrics).endswith('vs train (6), paper protocol')
+  assert evaluation.summary(4, result, config.eval.metrics).endswith(
+      f'vs train (6), paper protocol  {evaluation.STANDIN_MARK}')  # stand-in weights: marked

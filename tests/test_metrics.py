@@ -482,3 +482,26 @@ def test_new_metrics_reach_tensorboard_and_the_reports_table(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(tmp_path / 'metrics.png') as image:
     assert image.size == (4 * 600, 2 * 450)  # 8 panels, 4 a row
+
+
+def test_standin_scores_are_marked_in_tensorboard_the_summary_and_the_table(tmp_path):
+  names = ('fid', 'kid', 'ms_ssim')
+  result = {'fid': 1.24, 'kid_mean': 0.01, 'kid_std': 0.002, 'ms_ssim': 0.25, 'num_samples': 8, 'sampler': 'ddim',
+            'sampling_steps': 5, 'variance': 'beta_tilde', 'inception_sha256': 'ab' * 32, 'standin_inception': True}
+  real = {**result, 'standin_inception': False}
+  assert set(evaluation.scalar_tags(result, names)) == {
+      'eval_standin_inception/fid', 'eval_standin_inception/kid_mean', 'eval_standin_inception/kid_std',
+      'eval/ms_ssim', 'eval/num_samples'}  # MS-SSIM needs no Inception: its tag stays
+  assert set(evaluation.scalar_tags(real, names)) == {'eval/fid', 'eval/kid_mean', 'eval/kid_std', 'eval/ms_ssim',
+                                                      'eval/num_samples'}
+  assert evaluation.summary(2, result, names).endswith(evaluation.STANDIN_MARK)
+  assert evaluation.STANDIN_MARK not in evaluation.summary(2, real, names)
+  assert evaluation.STANDIN_MARK not in evaluation.summary(2, result, ('ms_ssim',))
+  standin_run, real_run = (run_of(name, names, [{**evaluated, 'step': 2}])
+                           for name, evaluated in (('standin', result), ('real', real)))
+  lines = report.table_markdown([standin_run, real_run]).splitlines()
+  standin_row, real_row = ([cell.strip() for cell in line.strip('|').split(' | ')] for line in lines[2:4])
+  assert standin_row[8:11] == ['1.24†', '0.0100 ± 0.0020†', '0.2500']
+  assert real_row[8:11] == ['1.24', '0.0100 ± 0.0020', '0.2500']
+  assert any(line.startswith('† = scored with stand-in Inception weights') for line in lines)
+  assert not any(line.startswith('†') for line in report.table_markdown([real_run]).splitlines())

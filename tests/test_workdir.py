@@ -1,11 +1,15 @@
 """config.json: what may change between runs of one workdir, and what is refused."""
 import glob
+import importlib.util
 import json
 import os
+import urllib.error
+import urllib.request
 
 import pytest
 
-from ddpm_jax.config import convert, schema
+import runs
+from ddpm_jax.config import checks, convert, schema
 from ddpm_jax.run import workdir as workdir_lib
 
 
@@ -79,3 +83,56 @@ def test_a_key_added_by_a_newer_version_does_not_block_resuming(tmp_path):
     json.dump(old, f)
   changes = workdir_lib.check_config(str(tmp_path), config(), has_checkpoints=True)
   assert changes == {'data.on_device': ('<absent>', False)}
+
+
+# Failing before writing: a run that cannot start, or has nothing to do, leaves the workdir as it was.
+
+def snapshot(root) -> dict:
+  """Returns {path: (size, mtime)} of every file and folder under root."""
+  return {path: (os.path.getsize(path), os.path.getmtime(path)) for path in glob.glob(f'{root}/**', recursive=True)}
+
+
+def offline(request, timeout):
+  raise urllib.error.URLError(OSError(-2, 'Name or service not known'))
+
+
+@pytest.mark.parametrize('dataset', ['empty folder', 'folder without images', 'tfds offline'])
+def test_a_dataset_that_cannot_open_fails_before_the_workdir_is_made(tmp_path, monkeypatch, dataset):
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  if dataset == 'folder without images':
+    (folder / 'notes.txt').write_text('no images here')
+  monkeypatch.setattr(urllib.request, 'urlopen', offline)
+  name = 'tfds:cifar10' if dataset == 'tfds offline' else f'folder:{folder}'
+  with pytest.raises(ValueError, match='looks offline' if dataset == 'tfds offline' else 'holds no images'):
+    runs.run(tmp_path / 'run', {'data.dataset': name, 'data.data_dir': str(tmp_path / 'data')})
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('mode', ['sample', 'eval'])
+def test_sample_and_eval_create_no_workdir(tmp_path, mode):
+  (tmp_path / 'empty').mkdir()
+  for workdir, what in ((tmp_path / 'missing', 'does not exist'), (tmp_path / 'empty', 'holds no checkpoints')):
+    with pytest.raises(FileNotFoundError, match=f'--workdir={workdir} {what}'):
+      runs.run(workdir, mode=mode)
+  assert not (tmp_path / 'missing').exists() and os.listdir(tmp_path / 'empty') == []
+
+
+def test_a_finished_run_writes_nothing(trained, tmp_path, capsys):
+  workdir = runs.copy_run(trained, tmp_path / 'run')
+  before = snapshot(workdir)
+  runs.run(workdir, {'training.log_every_steps': 1})  # a free change, which a run with steps left would record
+  assert 'Run already finished at step 4' in capsys.readouterr().out
+  assert snapshot(workdir) == before
+
+
+def test_quickstart_eval_is_the_workdirs_config_with_a_small_evaluation(trained):
+  spec = importlib.util.spec_from_file_location('quickstart_eval', os.path.join(runs.ROOT, 'configs',
+                                                                                'quickstart_eval.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = convert.from_configdict(module.get_config(trained))
+  checks.validate_config(config)
+  changes = workdir_lib.check_config(trained, config, has_checkpoints=True)  # raises on a change of what is trained
+  assert changes and all(key.startswith('eval.') for key in changes)
+  assert (config.eval.num_samples, config.eval.num_reference) == (160, 160)

@@ -57,6 +57,18 @@ def make_source(data_config, split: str, seed: int | None = None):
                        strict=data_config.strict, seed=seed)
 
 
+def check_dataset(data_config, splits=('train',)) -> None:
+  """Returns None once data.dataset opens and holds images in each split; a one-line ValueError says why not.
+
+  Runs before a workdir is created or written, so an empty folder or a TFDS dataset that can't be had
+  costs seconds and leaves nothing behind (the resized cache it builds is needed for training anyway).
+  """
+  for split in dict.fromkeys(splits):
+    if not len(make_source(data_config, split)):
+      raise ValueError(f'data.dataset={data_config.dataset!r} holds no images in its {split!r} split; '
+                       f'give a dataset with images ({_VALID_FORMS}).')
+
+
 def make_train_loader(data_config, *, global_batch_size: int, seed: int,
                       process_index: int = 0, process_count: int = 1, start_step: int = 0):
   """Returns an iterator of {'image': float32 [local_batch, H, W, 3] in [-1, 1]}, from step start_step's batch.

@@ -60,13 +60,7 @@ def content_digest(batches) -> str:
   return digest.hexdigest()
 
 
-def file_digest(path: str) -> str:
-  """Returns the SHA-256 of a file's bytes, read 16 MB at a time."""
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 24), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
+file_digest = fidelity.file_sha256  # the SHA-256 of a file's bytes
 
 
 def weights_digest(path: str) -> str:
@@ -230,7 +224,7 @@ def compute(config: schema.Config, split: str, out: str, count: int = 0, progres
   if count > available:
     raise ValueError(f'--count={count} is more than the {available} images of {config.data.dataset} {split}')
   try:
-    fidelity.check_inception_weights(config.eval.inception_weights)
+    fidelity.check_inception_weights(config.eval.inception_weights, off='')
   except RuntimeError as e:
     raise ValueError(str(e)) from None
   extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())

@@ -5,7 +5,6 @@ import os
 import re
 
 import jax
-import tqdm
 from absl import logging
 
 from ddpm_jax import data, paths
@@ -15,6 +14,7 @@ from ddpm_jax.evaluation import protocol as eval_protocol
 from ddpm_jax.evaluation import reference_stats
 from ddpm_jax.evaluation.reference_stats import content_digest, weights_digest  # noqa: F401  # used here; live there
 from ddpm_jax.run import build as components_lib
+from ddpm_jax.run import progress as progress_lib
 from eval_bridge import convert, evaluator, fidelity, metrics as metrics_lib, reference
 
 
@@ -27,8 +27,9 @@ def check_setup(config: schema.Config, force: bool = False) -> None:
   if not (config.eval.every_steps or force):
     return
   if metrics_lib.needs_inception(config.eval.metrics):
-    try:
-      fidelity.check_inception_weights(config.eval.inception_weights)
+    try:  # force is --mode=eval, where eval.every_steps means nothing
+      fidelity.check_inception_weights(config.eval.inception_weights,
+                                       fidelity.EVAL_MODE_OFF if force else fidelity.TRAINING_OFF)
     except RuntimeError as e:
       raise ValueError(str(e)) from None
   if config.eval.reference_stats:
@@ -61,9 +62,10 @@ class Evaluation:
                progress: bool = False):
     config = eval_protocol.resolve(config)  # what the protocol evaluates: eval.* or the paper's settings
     self.config, self.progress = config, progress and jax.process_index() == 0
-    self.extractor = None
+    self.extractor, self.inception = None, {}
     if metrics_lib.needs_inception(config.eval.metrics):
       self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
+      self.inception = fidelity.inception_record(config.eval.inception_weights)  # which weights scored
     self.sampler = components_lib.make_sampler(config, components.model, components.schedule, components.mesh,
                                                config.eval.sampling)
     path = config.eval.reference_stats
@@ -93,15 +95,16 @@ class Evaluation:
     with fidelity.full_float32() if e.protocol == 'paper' else contextlib.nullcontext():
       scorer = self.scorer()
       batches = self.sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size)
-      if self.progress:  # samples and their features stream: memory holds one batch of images at a time
-        batches = tqdm.tqdm(batches, total=-(-e.num_samples // e.batch_size), unit='batch',
-                            desc=f'{e.num_samples} samples, {self.sampler.name}')
+      # The samples and their features stream: memory holds one batch of images at a time. One line estimates
+      # the whole from the first batch; a terminal shows a bar.
+      batches = progress_lib.timed_batches(batches, -(-e.num_samples // e.batch_size),
+                                           f'Evaluating {e.num_samples} samples ({self.sampler.name})')
       for batch in batches:
         scorer.update(convert.to_torch_uint8_nchw(batch))
       result = scorer.result()
     source = {} if self.reference_file is None else reference_stats.settings(self.reference_file,
                                                                                self.config.data.image_size)
-    return {**result, **settings(self.config), **eval_protocol.settings(self.config), **source,
+    return {**result, **settings(self.config), **eval_protocol.settings(self.config), **source, **self.inception,
             'metric_settings': scorer.settings()}
 
   def evaluate_and_write(self, state, workdir: str, step: int, writer=None) -> dict:
@@ -157,18 +160,39 @@ def write_results(workdir: str, step: int, metrics: dict, writer=None, names=met
     json.dump({'step': step, **metrics}, f, indent=2, sort_keys=True)
   os.replace(path + '.tmp', path)
   if writer is not None:
-    writer.write_scalars(step, {f'eval/{k}': metrics[k] for k in metrics_lib.required_keys(names) + ('num_samples',)})
+    writer.write_scalars(step, scalar_tags(metrics, names))
   logging.info('%s', summary(step, metrics, names))
   return path
 
 
+STANDIN_GROUP = 'eval_standin_inception'  # TensorBoard's group of stand-in Inception's scores, apart from eval/
+STANDIN_MARK = '[stand-in Inception weights: not comparable with real scores]'
+
+
+def scalar_tags(metrics: dict, names=metrics_lib.DEFAULT) -> dict:
+  """Returns {tag: value} of an evaluation: eval/<key>, or eval_standin_inception/<key> if stand-in Inception scored it.
+
+  A tag's name is what TensorBoard and W&B show beside the curve, so a stand-in score is never drawn as a real one.
+  """
+  standin = metrics.get('standin_inception', False)
+  tags = {}
+  for cls in metrics_lib.select(names):
+    group = STANDIN_GROUP if standin and cls.needs_inception else 'eval'
+    tags.update({f'{group}/{key}': metrics[key] for key in cls.keys})
+  return {**tags, 'eval/num_samples': metrics['num_samples']}
+
+
 def summary(step: int, metrics: dict, names=metrics_lib.DEFAULT) -> str:
-  """Returns the one-line summary of an evaluation: each metric's fragment (eval_bridge.metrics), then the settings."""
+  """Returns the one-line summary of an evaluation: each metric's fragment (eval_bridge.metrics), then the settings.
+
+  Scores of stand-in Inception weights end with STANDIN_MARK.
+  """
   reference = f' vs {metrics["reference_split"]} ({metrics["num_reference"]})' \
       if 'reference_split' in metrics and 'num_reference' in metrics else ''
   protocol = f', {metrics["protocol"]} protocol' if 'protocol' in metrics else ''
+  standin = f'  {STANDIN_MARK}' if metrics.get('standin_inception') and metrics_lib.needs_inception(names) else ''
   return (f'step {step}: {metrics_lib.summary(names, metrics)}  (n={metrics["num_samples"]}, '
-          f'{sampler_summary(metrics)}){reference}{protocol}')
+          f'{sampler_summary(metrics)}){reference}{protocol}{standin}')
 
 
 # The settings each sampler reads; a summary names no other (DDIM has no variance to show, DPM-Solver++ no eta).

@@ -162,8 +162,12 @@ def to_diffusers(config: schema.Config, params, out_dir: str, card: str | None =
   return out_dir
 
 
-def model_card(config: schema.Config, step: int | None, metrics: dict, num_params: int) -> str:
-  """Returns the README.md of an exported model: what it is, how it was trained, its last evaluation."""
+def model_card(config: schema.Config, step: int | None, metrics: dict, num_params: int, *, params: str = 'ema',
+               newest_step: int | None = None) -> str:
+  """Returns the README.md of an exported model: what it is, how it was trained, the step exported, its last scores.
+
+  `newest_step`, when it is not `step`, is the newest checkpoint, which could not be read (the export fell back).
+  """
   d, m = config.diffusion, config.model
   lines = ['---', 'library_name: diffusers', 'tags: [ddpm, unconditional-image-generation, ddpm_jax]', '---', '',
            '# DDPM U-Net trained with ddpm_jax', '',
@@ -171,13 +175,43 @@ def model_card(config: schema.Config, step: int | None, metrics: dict, num_param
            f'{tuple(m.channel_mults)}, attention at {tuple(m.attention_resolutions)} px) on `{config.data.dataset}` at '
            f'{config.data.image_size}x{config.data.image_size}.', '',
            f'- diffusion: {d.schedule} schedule, T={d.num_timesteps}, predicts {d.prediction}, {d.loss} loss',
-           f'- training: {"step " + str(step) if step is not None else "imported weights"} of '
-           f'{config.training.num_steps}, batch {config.training.batch_size}, lr {config.training.learning_rate}, '
-           f'EMA {config.training.ema_decay}, seed {config.seed}', '',
+           f'- training: {config.training.num_steps} steps, batch {config.training.batch_size}, lr '
+           f'{config.training.learning_rate}, EMA {config.training.ema_decay}, seed {config.seed}',
+           f'- exported: {exported(step, params, newest_step)}', '',
            '```python', 'from diffusers import DDPMPipeline', 'pipeline = DDPMPipeline.from_pretrained(PATH)',
            'images = pipeline(batch_size=16).images', '```', '']
-  if metrics:
-    lines += [f'## Last evaluation (step {metrics.get("step", step)})', '', '| metric | value |', '|---|---|']
-    lines += [f'| {k} | {v:.4g} |' for k, v in sorted(metrics.items()) if isinstance(v, (int, float)) and k != 'step']
-    lines.append('')
-  return '\n'.join(lines)
+  return '\n'.join(lines + evaluation_section(metrics, step))
+
+
+def exported(step: int | None, params: str, newest_step: int | None) -> str:
+  """Returns what the export holds, e.g. 'the EMA params of step 1000', saying so when it fell back past the newest."""
+  if step is None:
+    return 'imported weights'
+  what = f'the {"EMA" if params == "ema" else "raw (non-EMA)"} params of step {step}'
+  if newest_step is not None and newest_step != step:
+    what += (f' (the newest checkpoint, step {newest_step}, could not be read and was set aside in '
+             'checkpoints_corrupt/; this is the newest intact one)')
+  return what
+
+
+def evaluation_section(metrics: dict, step: int | None) -> list[str]:
+  """Returns the card's lines of an evaluation: its metrics alone in the table, how they were scored under it."""
+  from eval_bridge import metrics as metrics_lib  # pylint: disable=g-import-not-at-top  # the registry: no torch
+  keys = [key for cls in metrics_lib.REGISTRY.values() if all(k in metrics for k in cls.keys) for key in cls.keys]
+  if not keys:
+    return []
+  standin = metrics.get('standin_inception', False)
+  inception = {key for cls in metrics_lib.REGISTRY.values() if cls.needs_inception for key in cls.keys}
+  lines = [f'## Last evaluation (step {metrics.get("step", step)})', '', '| metric | value |', '|---|---|']
+  lines += [f'| {key}{" (stand-in Inception)" if standin and key in inception else ""} | {metrics[key]:.4g} |'
+            for key in keys]
+  how = [f'{metrics["num_samples"]} samples' if 'num_samples' in metrics else '',
+         f'{metrics["sampler"]} {metrics.get("sampling_steps", "")} steps' if 'sampler' in metrics else '',
+         f'against {metrics["reference_split"]} ({metrics.get("num_reference", "?")} images)'
+         if 'reference_split' in metrics else '',
+         f'{metrics["protocol"]} protocol' if 'protocol' in metrics else '']
+  lines += ['', f'Scored from {", ".join(part for part in how if part)}.' if any(how) else '']
+  if standin:
+    lines.append('**Stand-in Inception weights** (random, for smoke tests; SHA-256 '
+                 f'{metrics.get("inception_sha256", "?")[:16]}…): these FID/KID values compare with no real score.')
+  return [*lines, '']

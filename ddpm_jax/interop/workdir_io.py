@@ -84,13 +84,16 @@ def export_workdir(workdir: str, out: str, checkpoint_step: int | None = None, p
   check_out_dir(out, workdir, overwrite)
   config = workdir_lib.load_config(workdir)
   from ddpm_jax.run import modes  # pylint: disable=g-import-not-at-top
-  state = modes.open_trained_run(config, workdir).restore(checkpoint_step)
+  run = modes.open_trained_run(config, workdir)
+  newest = max(run.steps(), default=None)  # before the restore, which sets a damaged newest one aside
+  state = run.restore(checkpoint_step)
   step = int(state.step)
   weights = jax.device_get(state.ema_params if params == 'ema' else state.params)
   if jax.process_index() != 0:
     return out
   card = convert.model_card(config, step, last_evaluation(workdir, step),
-                            sum(v.size for v in jax.tree_util.tree_leaves(weights)))
+                            sum(v.size for v in jax.tree_util.tree_leaves(weights)), params=params,
+                            newest_step=newest if checkpoint_step is None else None)
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.export-', dir=parent)  # a failed export leaves out as it was

@@ -5,6 +5,7 @@ registry without loading torch, so torch-side helpers are imported inside method
 """
 import abc
 import dataclasses
+import math
 from typing import Any, Iterable
 
 DEFAULT = ('fid', 'kid', 'ms_ssim')  # what runs evaluated before config.eval.metrics existed
@@ -22,6 +23,26 @@ class Column:
       return self.template.format(**evaluation)
     except KeyError:
       return missing
+
+
+@dataclasses.dataclass(frozen=True)
+class MeanStdColumn(Column):
+  """A 'mean ± std' column (template: the mean's key, spread: the std's) showing only the digits that mean something.
+
+  The std gets 2 significant digits and the mean the same decimal places; a std of 0 (KID at small n,
+  where every subset holds every sample) is no spread at all, so the cell shows the mean alone with a note.
+  """
+  spread: str = ''
+
+  def cell(self, evaluation: dict, missing: str) -> str:
+    """Returns e.g. '0.0313 ± 0.0041', '0.00042 ± 0.00011', '0.0313 (no spread at this n)', or `missing`."""
+    if self.template not in evaluation or self.spread not in evaluation:
+      return missing
+    mean, std = float(evaluation[self.template]), float(evaluation[self.spread])
+    if not std > 0 or not math.isfinite(std):
+      return f'{mean:.4g} (no spread at this n)' if std == 0 else f'{mean:.4g}'
+    places = max(0, 1 - math.floor(math.log10(std)))  # the decimal places of std's second significant digit
+    return f'{mean:.{places}f} ± {std:.{places}f}'
 
 
 @dataclasses.dataclass(frozen=True)

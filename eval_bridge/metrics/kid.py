@@ -7,7 +7,7 @@ class Kid(_registry.FeatureMetric):
   """torch-fidelity's KID of the generated samples' features against the reference features."""
   name = 'kid'
   keys = ('kid_mean', 'kid_std')
-  columns = (_registry.Column('KID', '{kid_mean:.4f} ± {kid_std:.4f}'),)
+  columns = (_registry.MeanStdColumn('KID', 'kid_mean', spread='kid_std'),)
   panels = (_registry.Panel('kid_mean', 'KID ↓ (mean ± std)', band='kid_std'),)
   summary = 'KID {kid_mean:.4f} ± {kid_std:.4f}'
   note = 'KID is mean ± std over subsets'
