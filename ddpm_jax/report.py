@@ -1,9 +1,10 @@
-"""Run workdirs → a table of metrics and five figures that compare the runs (ddpm_jax/reporting/).
+"""Run workdirs → a table of metrics, five figures and one HTML page that compare the runs (ddpm_jax/reporting/).
 
   python -m ddpm_jax.report --workdirs runs/study/* --out reports/study
 
 Reads each workdir's config.json, event files (loss), eval/step_<N>.json and samples/step_<N>.png;
-writes table.md, loss.png, metrics.png, schedules.png, luminance.png, samples.png.
+writes table.md, loss.png, metrics.png, schedules.png, luminance.png, samples.png and report.html (all of it
+on one self-contained page, images embedded).
 """
 import argparse
 import sys
@@ -20,7 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--workdirs', nargs='+', required=True, help='workdirs of training runs, one row each')
   parser.add_argument('--out', required=True, help='directory for table.md and the figures')
   parser.add_argument('--smoothing', type=float, default=0.01,
-                      help='EMA window of the loss curves as a fraction of the longest run, in [0, 1) (0 = raw)')
+                      help='centred smoothing window of the loss curves as a fraction of the longest run, in [0, 1) '
+                           '(0 = raw); a local linear fit, so the curves do not lag')
   args = parser.parse_args(argv)
   if not 0.0 <= args.smoothing < 1.0:
     parser.error(f'--smoothing={args.smoothing} must lie in [0, 1)')

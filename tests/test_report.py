@@ -1,6 +1,10 @@
-"""End to end: two tiny runs → the report → table.md and five figures; the report CLI's one-line errors; the
-luminance histograms from the artefacts plug-in through the evaluation JSON into luminance.png."""
+"""End to end: two tiny runs → the report → table.md, five figures and report.html; the report CLI's one-line
+errors; the luminance histograms from the artefacts plug-in through the evaluation JSON into luminance.png; what a
+reader sees: smoothing without lag, one legend, whole axis labels, KID's meaningful digits, a warning for other n."""
+import base64
 import functools
+import html.parser
+import io
 import os
 import subprocess
 import sys
@@ -10,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends import backend_agg
 from PIL import Image
 
 from clitools import ROOT
@@ -18,7 +23,10 @@ from runs import copy_run, run, tiny_config
 from ddpm_jax import report
 from ddpm_jax.evaluation import scores as evaluation
 from ddpm_jax.reporting import figures
+from ddpm_jax.reporting import page
 from ddpm_jax.reporting import runs as events
+from ddpm_jax.reporting import smoothing
+from ddpm_jax.run import workdir as workdir_lib
 from eval_bridge import artefacts, evaluator, reference
 from ddpm_jax.core.models.unet import UNet, count_params
 
@@ -160,11 +168,19 @@ def test_workdir_without_config_json_is_one_line_and_exit_2(tmp_path, capsys):
   assert '\n' not in error
 
 
-def test_smoothing_is_tensorboards_debiased_ema():
-  np.testing.assert_allclose(figures.smooth([3.0, 3.0, 3.0], 0.9), [3.0, 3.0, 3.0])  # debiased: no pull towards 0
-  # Closed form of the debiased EMA of [1, 0]: (0.9 * 0.1 * 1) / (1 - 0.81).
-  np.testing.assert_allclose(figures.smooth([1.0, 0.0], 0.9), [1.0, 0.09 / 0.19])
-  np.testing.assert_allclose(figures.smooth([1.0, 5.0, 2.0], 0.0), [1.0, 5.0, 2.0])
+def test_smoothing_follows_a_falling_loss_without_lag():
+  steps = np.arange(25, 1501, 25)
+  loss = 0.05 + np.exp(-steps / 150)
+  smoothed = smoothing.smooth(steps, loss, 0.2 * 1500)
+  # An EMA over the same window (TensorBoard's, debiased) ended 2.4x above the last loss; a centred fit doesn't lag.
+  assert smoothed[-1] == pytest.approx(loss[-1], rel=0.01)
+  np.testing.assert_allclose(smoothed, loss, rtol=0.02)
+  ramp = 3.0 - 0.004 * steps  # crosses zero: fitted as it is, a line comes back unchanged
+  np.testing.assert_allclose(smoothing.smooth(steps, ramp, 300), ramp, atol=1e-9)
+  noisy = 0.1 * np.exp(np.random.default_rng(0).normal(0, 0.3, len(steps)))
+  assert np.std(np.log(smoothing.smooth(steps, noisy, 300))) < 0.6 * np.std(np.log(noisy))  # it does smooth
+  np.testing.assert_array_equal(smoothing.smooth(steps, noisy, 0), noisy)
+  np.testing.assert_array_equal(smoothing.smooth(steps, noisy, 40), noisy)  # a window within one log period
 
 
 # luminance.png from hand-made runs: no training.
@@ -234,3 +250,103 @@ def test_extended_runs_name_their_change_and_get_their_own_loss_panel_and_schedu
                                    ['ext_linear_zero_snr_v']]
   zero_snr = figures.make_schedule(next(key for key in groups if key[2]))
   assert float(zero_snr.alphas_cumprod[-1]) == 0.0
+
+
+# What a reader sees: the metrics figure's legend and labels, the table's KID and n, report.html.
+
+def kid_run(name: str, evals: list[dict]) -> events.Run:
+  """Returns a Run of the tiny config that evaluated FID and KID at `evals`."""
+  config = workdir_lib.as_json(tiny_config({'eval.metrics': ('fid', 'kid')}))
+  return events.Run(name, config, {'loss': {2: 1.0}}, evals, None, None)
+
+
+def kid_eval(step: int, n: int, kid_std: float) -> dict:
+  return {'step': step, 'num_samples': n, 'fid': 40.0, 'kid_mean': 0.03127, 'kid_std': kid_std}
+
+
+def test_metrics_figure_has_one_legend_with_n_where_it_differs_and_whole_axis_labels(monkeypatch):
+  saved = []
+  monkeypatch.setattr(figures, 'save', lambda fig, path: saved.append(fig))
+  artefact_runs = [hand_run('a', [histogram_eval(2, [4] * 32)]), hand_run('b', [histogram_eval(2, [2] * 32)])]
+  figures.plot_metrics(artefact_runs, 'unused.png')
+  [fig] = saved
+  assert [text.get_text() for text in fig.legends[0].get_texts()] == ['a (n=128)', 'b (n=64)', 'best evaluation']
+  assert len(fig.legends) == 1 and not any(ax.get_legend() for ax in fig.axes)
+  labels = {ax.get_ylabel() for ax in fig.axes if ax.axison}
+  assert labels == {'Brightness gap', 'Colour shift', 'Dark-fraction gap', 'Noise residual'}
+  canvas = backend_agg.FigureCanvasAgg(fig)  # as savefig draws it: each label lies wholly inside the figure
+  canvas.draw()
+  renderer, (width, height) = canvas.get_renderer(), canvas.get_width_height()
+  for ax in fig.axes:
+    box = ax.yaxis.label.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.y0 >= 0 and box.y1 <= height and box.x1 <= width
+  same_n = [hand_run('a', [histogram_eval(2, [4] * 32)]), hand_run('b', [histogram_eval(2, [4] * 32)])]
+  figures.plot_metrics(same_n, 'unused.png')
+  assert [text.get_text() for text in saved[-1].legends[0].get_texts()] == ['a', 'b', 'best evaluation']
+
+
+def test_kid_shows_only_meaningful_digits_and_runs_of_other_n_get_a_warning():
+  runs = [kid_run('spread', [kid_eval(2, 500, 0.00412)]), kid_run('tiny', [kid_eval(2, 24, 0.0)]),
+          kid_run('small_std', [kid_eval(2, 500, 0.0000213)])]
+  table = report.table_markdown(runs)
+  rows = {line.split('|')[1].strip(): line for line in table.splitlines() if line.startswith('| ')}
+  assert '| 0.0313 ± 0.0041 |' in rows['spread']
+  assert '| 0.03127 (no spread at this n) |' in rows['tiny']  # a std of 0: every subset held every sample
+  assert '| 0.031270 ± 0.000021 |' in rows['small_std']
+  assert '± 0.0000 ' not in table
+  assert 'Warning: the evaluations used different n (24, 500 samples)' in table
+  assert 'Warning' not in report.table_markdown([runs[0], runs[2]])
+
+
+class Page(html.parser.HTMLParser):
+  """Collects a page's tags and attributes, its table cells and its text."""
+
+  def __init__(self, text: str):
+    super().__init__()
+    self.tags, self.cells, self.text, self._cell = [], [], [], None
+    self.feed(text)
+
+  def handle_starttag(self, tag, attrs):
+    self.tags.append((tag, dict(attrs)))
+    self._cell = [] if tag in ('td', 'th') else self._cell
+
+  def handle_endtag(self, tag):
+    if tag in ('td', 'th') and self._cell is not None:
+      self.cells.append(''.join(self._cell))
+      self._cell = None
+
+  def handle_data(self, data):
+    self.text.append(data)
+    if self._cell is not None:
+      self._cell.append(data)
+
+
+def embedded_png(src: str) -> Image.Image:
+  """Returns the image of a data: URI, checking that it is a base64 PNG."""
+  prefix = 'data:image/png;base64,'
+  assert src.startswith(prefix)
+  return Image.open(io.BytesIO(base64.b64decode(src[len(prefix):])))
+
+
+def test_report_html_is_one_self_contained_page_of_table_grids_and_figures(out):
+  page = Page((out / 'report.html').read_text(encoding='utf-8'))
+  # Nothing outside the file: every image is embedded, no stylesheet, script or link is fetched.
+  assert not [attrs for tag, attrs in page.tags if tag in ('link', 'script', 'iframe')]
+  assert all(not attrs.get('href') for _, attrs in page.tags)
+  images = [attrs for tag, attrs in page.tags if tag == 'img']
+  sizes = {attrs['alt']: embedded_png(attrs['src']).size for attrs in images}
+  assert {'loss.png', 'metrics.png', 'schedules.png', 'luminance.png'} <= set(sizes)
+  for name in RUNS:  # the latest grid of each run, at least ~512 px wide
+    assert sizes[f'samples of {name}'][0] >= 512
+  table = table_rows(out / 'table.md')
+  for name, row in table.items():  # the table's cells, as table.md has them
+    assert name in page.cells and row['FID'] in page.cells
+  text = ''.join(page.text)
+  assert 'cosine_mse_tiny, step 4' in text and 'Warning: the evaluations used different n (24, 32 samples)' in text
+
+
+def test_report_html_enlarges_the_small_grids_of_older_runs(tmp_path):
+  old_grid = np.random.default_rng(0).integers(0, 256, (146, 146, 3), dtype=np.uint8)  # 64 samples of 16 px, as before
+  Image.fromarray(old_grid).save(tmp_path / 'step_9.png')
+  with Image.open(io.BytesIO(page.grid_png(str(tmp_path / 'step_9.png')))) as image:
+    np.testing.assert_array_equal(np.asarray(image), np.repeat(np.repeat(old_grid, 4, axis=0), 4, axis=1))

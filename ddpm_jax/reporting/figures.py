@@ -2,6 +2,7 @@
 import math
 
 import matplotlib
+import matplotlib.lines
 import numpy as np
 from matplotlib import ticker
 from matplotlib.figure import Figure
@@ -10,25 +11,9 @@ from PIL import Image
 from ddpm_jax.config import schema
 from ddpm_jax.core import schedules
 from ddpm_jax.reporting import runs as events
+from ddpm_jax.reporting import smoothing as smoothing_lib
 from eval_bridge import artefacts  # numpy only
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
-
-
-def smooth(values, weight: float) -> np.ndarray:
-  """Returns TensorBoard's debiased exponential moving average of values (weight 0 = no smoothing)."""
-  averaged, last = [], 0.0
-  for i, value in enumerate(values):
-    last = last * weight + (1 - weight) * value
-    averaged.append(last / (1 - weight**(i + 1)))
-  return np.asarray(averaged)
-
-
-def smoothing_weight(steps: np.ndarray, window: float) -> float:
-  """Returns the per-point EMA weight that averages over about `window` steps at the run's log spacing."""
-  if len(steps) < 2 or window <= 0:
-    return 0.0
-  spacing = float(np.median(np.diff(steps)))
-  return float(np.clip(1.0 - spacing / window, 0.0, 0.999))
 
 
 def loss_curves(runs: list[events.Run], window: float) -> dict[str, tuple]:
@@ -38,7 +23,7 @@ def loss_curves(runs: list[events.Run], window: float) -> dict[str, tuple]:
     points = sorted((s, v) for s, v in run.scalars.get('loss', {}).items() if np.isfinite(v))
     if points:
       steps, values = (np.asarray(a) for a in zip(*points))
-      curves[run.name] = steps, values, smooth(values, smoothing_weight(steps, window))
+      curves[run.name] = steps, values, smoothing_lib.smooth(steps, values, window)
   return curves
 
 
@@ -87,15 +72,15 @@ def loss_kind(run: events.Run) -> str:
 def plot_loss(runs: list[events.Run], path: str, smoothing: float) -> None:
   """Writes the loss curves, one panel per loss (MSE and MAE, ε and v targets, weighted or not aren't on one scale).
 
-  smoothing: the EMA window as a fraction of the longest run, the same number of steps for every run.
+  smoothing: the centred window as a fraction of the longest run, the same number of steps for every run.
   """
   kinds = list(dict.fromkeys(loss_kind(run) for run in runs))  # in run order: the study's ε runs first
   fig, axes = new_figure(1, len(kinds), figsize=(7 * len(kinds), 4.5), squeeze=False)
   colors = run_colors(runs)
   longest = max([max(run.scalars.get('loss', {0: 0})) for run in runs])
   curves = loss_curves(runs, smoothing * longest)
-  any_smoothing = any(smoothing_weight(steps, smoothing * longest) > 0 for steps, _, _ in curves.values())
-  note = f'EMA over ~{smoothing * longest:,.0f} steps, raw faint' if any_smoothing else 'unsmoothed'
+  any_smoothing = any(smoothing_lib.is_smoothed(steps, smoothing * longest) for steps, _, _ in curves.values())
+  note = f'centred fit over {smoothing * longest:,.0f} steps, raw faint' if any_smoothing else 'unsmoothed'
   for ax, kind in zip(axes[0], kinds):
     names = [run.name for run in runs if loss_kind(run) == kind and run.name in curves]
     for name in names:
@@ -119,7 +104,7 @@ def plot_panel(ax, panel: metrics_lib.Panel, run: events.Run, color, best: dict 
   if not evals:
     return
   steps = [e['step'] for e in evals]
-  ax.plot(steps, [e[panel.key] for e in evals], marker='o', markersize=4, color=color, label=run.name)
+  ax.plot(steps, [e[panel.key] for e in evals], marker='o', markersize=4, color=color)
   if panel.band:
     mean, std = (np.array([e[k] for e in evals]) for k in (panel.key, panel.band))
     ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
@@ -127,14 +112,52 @@ def plot_panel(ax, panel: metrics_lib.Panel, run: events.Run, color, best: dict 
     ax.plot(best['step'], best[panel.key], marker='*', markersize=14, color=color, linestyle='none')
 
 
+def sample_counts(run: events.Run) -> list[int]:
+  """Returns the distinct n (generated samples) of the run's evaluations, ascending."""
+  return sorted({int(e['num_samples']) for e in run.evals if 'num_samples' in e})
+
+
+def counts_differ(runs: list[events.Run]) -> bool:
+  """Returns whether the runs' evaluations were scored with more than one n (FID and KID depend on n)."""
+  return len(set().union(*(sample_counts(run) for run in runs))) > 1
+
+
+def run_label(run: events.Run, show_n: bool) -> str:
+  """Returns the run's legend entry: its name, with its n (or n range) when show_n."""
+  counts = sample_counts(run)
+  if not show_n or not counts:
+    return run.name
+  return f'{run.name} (n={counts[0]:,})' if len(counts) == 1 else f'{run.name} (n={counts[0]:,}–{counts[-1]:,})'
+
+
+def axis_label(panel: metrics_lib.Panel) -> str:
+  """Returns the panel's y-axis label: its title less the note in brackets ('Dark-fraction gap', 'FID ↓')."""
+  return panel.title.split(' (')[0]
+
+
+def shared_legend(fig, runs: list[events.Run], colors: dict, show_n: bool) -> None:
+  """Adds one legend of the evaluated runs above all panels: each run's colour, name and (show_n) n."""
+  shown = [run for run in runs if run.evals]
+  if not shown:
+    return
+  handles = [matplotlib.lines.Line2D([], [], color=colors[run.name], marker='o', markersize=4) for run in shown]
+  handles.append(matplotlib.lines.Line2D([], [], color='gray', marker='*', markersize=12, linestyle='none'))
+  labels = [run_label(run, show_n) for run in shown] + ['best evaluation']
+  fig.legend(handles, labels, loc='outside upper center', ncols=min(len(labels), 4), frameon=False)
+
+
 def plot_metrics(runs: list[events.Run], path: str) -> None:
-  """Writes each metric panel (eval_bridge.metrics) against the training step; a star marks the best evaluation."""
+  """Writes each metric panel (eval_bridge.metrics) against the training step; a star marks the best evaluation.
+
+  One legend above the panels names the runs, with their n where the runs' n differ.
+  """
   metrics = events.run_metrics(runs)
   ranked, panels = metrics_lib.ranking(metrics), [panel for m in metrics for panel in m.panels]
   # At most 4 panels a row: the artefact, IS and PR metrics bring up to 10 panels, too wide for one row.
   columns = min(len(panels), 4)
   rows = math.ceil(len(panels) / columns)
-  fig, axes = new_figure(rows, columns, figsize=(6 * columns, 4.5 * rows), squeeze=False)
+  # Constrained layout makes room for the figure's legend inside the same size.
+  fig, axes = new_figure(rows, columns, figsize=(6 * columns, 4.5 * rows), squeeze=False, layout='constrained')
   axes = axes.ravel()
   for ax in axes[len(panels):]:
     ax.set_axis_off()
@@ -144,13 +167,12 @@ def plot_metrics(runs: list[events.Run], path: str) -> None:
     for ax, panel in zip(axes, panels):
       plot_panel(ax, panel, run, colors[run.name], best if panel.key == ranked.keys[0] else None)
   for ax, panel in zip(axes, panels):
-    ax.set(title=panel.title, xlabel='training step', ylabel=panel.title.split(' ')[0])
+    ax.set(title=panel.title, xlabel='training step', ylabel=axis_label(panel))
     format_steps(ax)
     ax.grid(True, alpha=0.3)
-    if ax.lines:
-      ax.legend()
-    else:
+    if not ax.lines:
       empty_panel(ax, 'no evaluations')
+  shared_legend(fig, runs, colors, counts_differ(runs))
   save(fig, path)
 
 
@@ -265,9 +287,9 @@ def plot_samples(runs: list[events.Run], path: str) -> None:
   save(fig, path)
 
 
-def new_figure(rows: int, columns: int, figsize: tuple, squeeze: bool = True):
+def new_figure(rows: int, columns: int, figsize: tuple, squeeze: bool = True, layout: str = 'tight'):
   """Returns a Figure and its axes; a bare Figure renders with Agg and leaves pyplot's global state alone."""
-  fig = Figure(figsize=figsize, layout='tight')
+  fig = Figure(figsize=figsize, layout=layout)
   return fig, fig.subplots(rows, columns, squeeze=squeeze)
 
 

@@ -1,12 +1,13 @@
-"""Run workdirs → a table of metrics and five figures that compare the runs.
+"""Run workdirs → a table of metrics, five figures and one HTML page that compare the runs.
 
   python -m ddpm_jax.report --workdirs runs/study/* --out reports/study
 
 Reads each workdir's config.json, event files (loss), eval/step_<N>.json (the metric plug-ins of eval.metrics,
 eval_bridge/metrics/) and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png,
-luminance.png, samples.png.
+luminance.png, samples.png and report.html (all of it on one self-contained page).
 """
 import functools
+import itertools
 import json
 import os
 
@@ -15,10 +16,13 @@ import jax.numpy as jnp
 
 from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 from ddpm_jax.reporting import figures
+from ddpm_jax.reporting import page
+from ddpm_jax.reporting import phema_figure
 from ddpm_jax.reporting import runs as events
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 MISSING = '—'
+STANDIN = '†'  # marks a score of stand-in Inception weights (the evaluation's standin_inception)
 FIGURES = ('loss.png', 'metrics.png', 'schedules.png', 'luminance.png', 'samples.png')
 
 
@@ -47,11 +51,17 @@ def param_count(config: dict, name: str) -> int:
     raise ValueError(f'run {name}: config.json\'s model section does not fit this U-Net ({e})') from None
 
 
-def eval_cells(evaluation: dict | None, columns: list[metrics_lib.Column]) -> list[str]:
-  """Returns the table cells step, n and one per metric column of an evaluation ('—': none, or a metric it lacks)."""
+def eval_cells(evaluation: dict | None, columns: list[metrics_lib.Column], inception: list[bool] = ()) -> list[str]:
+  """Returns the table cells step, n and one per metric column of an evaluation ('—': none, or a metric it lacks).
+
+  A column whose `inception` entry is True gets STANDIN when the evaluation used stand-in Inception weights.
+  """
   if evaluation is None:
     return [MISSING] * (2 + len(columns))
+  standin = evaluation.get('standin_inception', False)
   cells = [column.cell(evaluation, MISSING) for column in columns]
+  cells = [cell + STANDIN if standin and uses and cell != MISSING else cell
+           for cell, uses in itertools.zip_longest(cells, inception, fillvalue=False)]
   return [f'{evaluation["step"]:,}', f'{evaluation["num_samples"]:,}', *cells]
 
 
@@ -72,8 +82,9 @@ def table_row(run: events.Run, metrics: list[type[metrics_lib.Metric]]) -> list[
   count, diffusion = param_count(run.config, run.name), run.config['diffusion']
   last, best = run.evals[-1] if run.evals else None, metrics_lib.ranking(metrics).best(run.evals)
   columns = [column for m in metrics for column in m.columns]
+  inception = [m.needs_inception for m in metrics for _ in m.columns]
   return [run.name, diffusion['schedule'], loss_cell(diffusion), trained_steps(run), f'{count:,}',
-          f'{count * 4 / 1e6:.1f} MB', *eval_cells(last, columns), *eval_cells(best, columns)]
+          f'{count * 4 / 1e6:.1f} MB', *eval_cells(last, columns, inception), *eval_cells(best, columns, inception)]
 
 
 def eval_settings(run: events.Run) -> set[str]:
@@ -95,16 +106,23 @@ def table_markdown(runs: list[events.Run]) -> str:
   notes += 'loss (…) = what the run changes of the study\'s ε-prediction training; ' if variants else ''
   lines += ['', f'last = the last evaluated step; best = the evaluated step with the {best}; n = generated samples '
             f'per evaluation; {notes}{MISSING} = not evaluated.']
+  if any(e.get('standin_inception') for run in runs for e in run.evals):
+    lines.append(f'{STANDIN} = scored with stand-in Inception weights (random, for smoke tests): comparable with no '
+                 'real score.')
   settings = sorted(set().union(*(eval_settings(run) for run in runs)))
   if settings:
     lines.append(f'Evaluation samplers: {"; ".join(settings)}.')
   if len(settings) > 1:
     lines.append('Warning: the runs were evaluated with different samplers; their metrics are not comparable.')
+  counts = sorted(set().union(*(figures.sample_counts(run) for run in runs)))
+  if len(counts) > 1:  # FID and KID are biased by n: a smaller n reads worse
+    lines.append(f'Warning: the evaluations used different n ({", ".join(f"{n:,}" for n in counts)} samples); '
+                 'FID and KID depend on n: compare them at equal n.')
   return '\n'.join(lines) + '\n'
 
 
 def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list[str]:
-  """Writes table.md and the five figures of the workdirs' runs into out; returns their paths."""
+  """Writes table.md, the five figures and report.html of the workdirs' runs into out; returns their paths."""
   for workdir in workdirs:  # every bad workdir is reported before any slow reading
     events.check_workdir(workdir)
   runs = [events.read_run(w, name) for w, name in zip(workdirs, run_names(workdirs))]
@@ -118,4 +136,8 @@ def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list
   figures.plot_schedules(runs, schedule)
   figures.plot_luminance(runs, luminance)
   figures.plot_samples(runs, samples)
-  return [table, *paths]
+  swept = phema_figure.plot_sweeps(runs, workdirs, os.path.join(out, 'phema.png'))  # only after a post-hoc EMA sweep
+  paths += [swept] if swept else []
+  with open(table) as f:  # as written, with the marks and warnings of table_markdown
+    page_path = page.write_page(os.path.join(out, 'report.html'), runs, f.read(), paths)
+  return [table, *paths, page_path]

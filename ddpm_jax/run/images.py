@@ -7,12 +7,33 @@ from PIL import Image
 
 from eval_bridge.convert import to_uint8
 
+# 16-px samples tile to a 146-px grid, where nothing can be seen at 100% zoom; grids are enlarged to at
+# least this width, by a whole factor so that each sample pixel stays a sharp square.
+GRID_MIN_WIDTH = 512
 
-def make_grid(images_uint8: np.ndarray, padding: int = 2, columns: int | None = None) -> np.ndarray:
-  """Returns one uint8 HWC image tiling the NHWC batch in a near-square grid with white padding."""
+
+def upscale_factor(width: int, min_width: int) -> int:
+  """Returns the smallest whole factor that makes `width` pixels at least `min_width` wide (at least 1)."""
+  return max(1, math.ceil(min_width / max(width, 1)))
+
+
+def upscale(image_uint8: np.ndarray, factor: int) -> np.ndarray:
+  """Returns the (..., H, W, C) images enlarged `factor` times by nearest neighbour: each pixel a factor² square."""
+  return np.repeat(np.repeat(image_uint8, factor, axis=-3), factor, axis=-2)
+
+
+def make_grid(images_uint8: np.ndarray, padding: int = 2, columns: int | None = None,
+              min_width: int = GRID_MIN_WIDTH) -> np.ndarray:
+  """Returns one uint8 HWC image tiling the NHWC batch in a near-square grid with white padding.
+
+  Each image is enlarged by the smallest whole factor (nearest neighbour) that makes the grid at least
+  `min_width` pixels wide (0 = never); the padding stays `padding` pixels, so the images stay apart.
+  """
   n, h, w, c = images_uint8.shape
   columns = columns or math.ceil(math.sqrt(n))
   rows = math.ceil(n / columns)
+  factor = upscale_factor(w, math.ceil(((min_width - padding) / columns - padding))) if min_width else 1
+  images_uint8, h, w = upscale(images_uint8, factor), h * factor, w * factor
   grid = np.full((rows * (h + padding) + padding, columns * (w + padding) + padding, c), 255, np.uint8)
   for index, image in enumerate(images_uint8):
     top, left = padding + (index // columns) * (h + padding), padding + (index % columns) * (w + padding)
@@ -29,7 +50,7 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
 
 
 def save_samples(directory: str, name: str, images) -> tuple[str, np.ndarray]:
-  """Writes images in [-1, 1] as directory/name.png (a grid); returns the path and the uint8 batch."""
+  """Writes images in [-1, 1] as directory/name.png (an enlarged grid); returns the path and the raw uint8 batch."""
   images_uint8 = to_uint8(images)
   path = os.path.join(directory, f'{name}.png')
   save_png(path, make_grid(images_uint8))
