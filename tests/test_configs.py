@@ -4,6 +4,7 @@ six (or, with --extended, the extended ones) and reports on them."""
 import functools
 import glob
 import importlib
+import json
 import os
 import subprocess
 
@@ -18,8 +19,8 @@ from ddpm_jax.run.workdir import flatten
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
-                      # These two read a workdir (test_main, test_convert).
-                      if not p.endswith(('__init__.py', 'workdir.py', 'cifar10_ddpm_paper.py')))
+                      # These read a workdir (test_main, test_convert, test_workdir).
+                      if not p.endswith(('__init__.py', 'workdir.py', 'cifar10_ddpm_paper.py', 'quickstart_eval.py')))
 # The study: three schedules and two losses on default's model and data; the two flagship runs train twice as long.
 STUDY = {
     'linear_mse': ('linear', 'mse', 300_000),
@@ -63,6 +64,23 @@ def test_study_config_differs_from_default_only_in_schedule_loss_and_steps(name)
   changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
   assert changed <= STUDY_KEYS, f'{name} also changes {sorted(changed - STUDY_KEYS)}'
   assert tuple(config[key] for key in ('diffusion.schedule', 'diffusion.loss', 'training.num_steps')) == STUDY[name]
+
+
+# Every key of the study's six configs as they resolved at 3f4935c (before the defaults outside the study moved on):
+# the study compares schedules and losses, so what it trained must not drift with the package's defaults.
+STUDY_RESOLVED = os.path.join(ROOT, 'tests', 'configs', 'study_resolved.json')
+
+
+@pytest.mark.parametrize('name', sorted(STUDY))
+def test_study_config_resolves_to_what_the_study_trained(name):
+  with open(STUDY_RESOLVED) as f:
+    recorded = flatten(json.load(f)[name])
+  config = flatten(convert.to_dict(load(name)))
+  # Keys added since default to what the study did without them; a key the study had must keep its value.
+  changed = {key: (recorded[key], config.get(key, 'missing')) for key in recorded
+             if config.get(key, 'missing') != (tuple(recorded[key]) if isinstance(recorded[key], list)
+                                               else recorded[key])}
+  assert not changed, f'{name} changed (recorded, now): {changed}'
 
 
 def test_every_extended_config_is_listed():
