@@ -18,7 +18,7 @@ from ddpm_jax.run import distributed
 import runs
 from runs import restore_numpy
 
-# All three runs together; a coordinator waiting for a peer that never comes must not hang CI.
+# Both processes together; a coordinator waiting for a peer that never comes must not hang CI.
 # (~2-5 min on 2 busy cores with a cold compilation cache.)
 TIMEOUT_S = 600
 FAST_COMPILE = '--xla_backend_optimization_level=0'  # as tests/conftest.py
@@ -61,27 +61,24 @@ def finish(processes: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_two_processes_end_where_one_process_with_two_devices_does_and_resume_in_one(local_env, tmp_path, adam_atol,
-                                                                                       caplog):
-  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
+def test_two_processes_end_where_one_process_does_and_resume_in_one(local_env, trained, tmp_path, adam_atol, caplog):
+  two, one = str(tmp_path / 'two'), trained
   # --verbosity=0: absl's INFO lines (each process's devices, the files it wrote), hidden by default, on stderr.
   cluster = [f'--workdir={two}', f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2',
              '--verbosity=0']
   processes = {f'process {i}': start(local_env, command(*cluster, f'--process_id={i}'), FAST_COMPILE)
                for i in range(2)}
-  # The reference: the plain CLI in one process with two CPU devices (the loader gives each process its rows
-  # of the one-process global batch, so both runs train on the same batches).
-  processes['reference'] = start(local_env, command(f'--workdir={one}'),
-                                 f'--xla_force_host_platform_device_count=2 {FAST_COMPILE}')
+  # The reference: the session's `trained` run, the same config in one process on one device (the loader gives
+  # each process its rows of the one-process global batch, so both runs train on the same batches; the
+  # one-process, several-device case is tests/test_sharding.py's and test_resume.py's).
   results = finish(processes)
 
   assert 'Process 0 of 2, 1 of 2 devices' in results['process 0'][1]
   assert 'Process 1 of 2, 1 of 2 devices' in results['process 1'][1]
   assert checkpoint_steps(two) == checkpoint_steps(one) == [2, 4]
-  # Gradients are summed over the two devices by gloo across processes and by XLA within one:
-  # other code, free to add in another order. Two addends commute, and today the states agree bit
-  # for bit; the tolerance (float32 rounding amplified by Adam: the tiny config's 1e-3, sums of 8 images x
-  # 64 pixels, ~3e-5) leaves room for another order, while other data or a lost step moves params by ~1e-3.
+  # Gradients are summed over the two devices by gloo across processes, over the batch by XLA in one device:
+  # other code, free to add in another order; the tolerance (float32 rounding amplified by Adam: the tiny
+  # config's 1e-3, sums of 8 images x 64 pixels, ~3e-5) leaves room for another order, while other data or a lost step moves params by ~1e-3.
   distributed_state, reference_state = restore_numpy(two, 4), restore_numpy(one, 4)
   assert int(distributed_state['step']) == int(reference_state['step']) == 4
   atol = adam_atol(1e-3, 8 * 64)

@@ -1,11 +1,16 @@
-"""Data parallelism on 4 CPU devices: the train step and the sampler on 4 devices equal them on one.
+"""Data parallelism on 4 CPU devices: the train step and the sampler on 4 devices equal them on one; a run resumes.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/programs/four_devices.py '{"learning_rate": ..., "atol": ...}'
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/programs/four_devices.py \
+        '{"learning_rate": ..., "atol": ..., "resume": WORKDIR}'
 
 Run by tests/test_sharding.py in an interpreter of its own (the device count is fixed when JAX starts); prints
-EQUAL when every check holds.
+EQUAL when every check holds. With "resume", it then trains the tiny config's workdir to its end as
+`python -m ddpm_jax.main` would (main.run, in this process: one interpreter start for all of it), and the test
+compares the result with the one-device run.
 """
+import importlib.util
 import json
+import os
 import sys
 
 import jax
@@ -85,9 +90,23 @@ def check_sampler() -> None:
   assert odd.shape == (6, 8, 8, 3)
 
 
+def resume(workdir: str) -> None:
+  """Trains tests/configs/tiny.py in workdir to its last step, resuming from the newest checkpoint, on 4 devices."""
+  from ddpm_jax import main  # pylint: disable=g-import-not-at-top  # TensorFlow and CLU: only when asked
+  tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, os.path.dirname(tests))  # tiny.py builds on configs/quickstart.py
+  tiny = os.path.join(tests, 'configs', 'tiny.py')
+  spec = importlib.util.spec_from_file_location('tiny_config', tiny)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  main.run(module.get_config(), workdir, 'train', None)
+
+
 if __name__ == '__main__':
   assert jax.device_count() == 4, jax.devices()
   settings = json.loads(sys.argv[1])
   check_train_step(settings['learning_rate'], settings['atol'])
   check_sampler()
   print('EQUAL')
+  if settings.get('resume'):
+    resume(settings['resume'])
