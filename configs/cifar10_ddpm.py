@@ -19,6 +19,7 @@ def get_config():
   config.diffusion.num_timesteps = 1000
   config.diffusion.loss = 'mse'
   config.diffusion.prediction = 'eps'
+  config.diffusion.loss_weighting = 'none'
 
   config.training.batch_size = 128
   config.training.num_steps = 800_000

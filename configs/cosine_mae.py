@@ -1,9 +1,9 @@
 """A flagship run of the study: cosine schedule, eps-MAE loss, twice the training (600k steps)."""
-from configs import default
+from configs import study
 
 
 def get_config():
-  config = default.get_config()
+  config = study.get_config()
   config.diffusion.schedule = 'cosine'
   config.diffusion.loss = 'mae'
   config.training.num_steps = 600_000

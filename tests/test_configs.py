@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from configs import default
+from configs import default, study
 from ddpm_jax.config import checks, convert
 from ddpm_jax.core.models.unet import UNet, count_params
 from ddpm_jax.run.workdir import flatten
@@ -58,12 +58,23 @@ def test_config_loads_and_validates(name):
   checks.validate_config(load(name))
 
 
+def resolved(get_config) -> dict:
+  """Returns a config file's get_config() as the typed config's flat {'section.key': value}."""
+  return flatten(convert.to_dict(convert.from_configdict(get_config())))
+
+
 @pytest.mark.parametrize('name', sorted(STUDY))
-def test_study_config_differs_from_default_only_in_schedule_loss_and_steps(name):
-  config, base = flatten(convert.to_dict(load(name))), flatten(convert.to_dict(convert.from_configdict(default.get_config())))
+def test_study_config_differs_from_the_study_base_only_in_schedule_loss_and_steps(name):
+  config, base = flatten(convert.to_dict(load(name))), resolved(study.get_config)
   changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
   assert changed <= STUDY_KEYS, f'{name} also changes {sorted(changed - STUDY_KEYS)}'
   assert tuple(config[key] for key in ('diffusion.schedule', 'diffusion.loss', 'training.num_steps')) == STUDY[name]
+
+
+def test_a_new_config_inherits_the_faster_recipe_and_the_study_base_pins_the_studys():
+  base, package = resolved(study.get_config), resolved(default.get_config)
+  changed = {key: (base[key], package[key]) for key in base if base[key] != package[key]}
+  assert changed == {'diffusion.prediction': ('eps', 'v'), 'diffusion.loss_weighting': ('none', 'min_snr')}
 
 
 # Every key of the study's six configs as they resolved at 3f4935c (before the defaults outside the study moved on):

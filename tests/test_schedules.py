@@ -146,7 +146,7 @@ def test_zero_terminal_snr_ends_in_pure_noise_and_keeps_every_field_finite(name)
 
 def test_zero_terminal_snr_with_eps_prediction_is_a_one_line_config_error():
   from ddpm_jax.config import checks, convert, schema  # pylint: disable=g-import-not-at-top
-  config = convert.with_values(schema.Config(), {'diffusion.zero_terminal_snr': True,
+  config = convert.with_values(schema.Config(), {'diffusion.zero_terminal_snr': True, 'diffusion.prediction': 'eps',
                                                  'eval.sampling.timestep_spacing': 'trailing'})
   with pytest.raises(ValueError) as error:
     checks.check_diffusion(config)

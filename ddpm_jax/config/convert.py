@@ -35,8 +35,22 @@ def is_section(kind) -> bool:
   return isinstance(kind, type) and dataclasses.is_dataclass(kind)
 
 
+# Keys whose default has changed: a config.json written before such a key existed trained with the value on the
+# right, not with today's default (diffusion: v + Min-SNR since issue 25; eps, unweighted before).
+EARLIER_DEFAULTS = {'diffusion': {'prediction': 'eps', 'loss_weighting': 'none'}}
+
+
+def with_earlier_defaults(saved: dict) -> dict:
+  """Returns a config.json's dict with the keys it lacks whose default changed set to what its run trained with."""
+  for section, earlier in EARLIER_DEFAULTS.items():
+    if isinstance(saved.get(section), dict):
+      saved = {**saved, section: {**earlier, **saved[section]}}
+  return saved
+
+
 def migrate(saved: dict) -> dict:
   """Returns a config.json's dict with the keys earlier versions wrote moved to where they live now."""
+  saved = with_earlier_defaults(saved)
   evaluation = saved.get('eval')
   if not isinstance(evaluation, dict) or 'sampling' in evaluation:
     return saved
