@@ -1,14 +1,15 @@
-"""A small U-Net (1.1M parameters) on the built-in shapes at 16x16: 1,500 steps, about 3 minutes on 2 idle CPU cores.
+"""A small U-Net (1.1M parameters) on the built-in shapes at 16x16: 1,500 steps, about 3 minutes on 2 CPU cores.
 
 Its grids (samples/step_500.png, _1000, _1500) show the right colours, sizes, places and backgrounds by
 step 500, the shapes still blobs; at step 1,500 each sample is one soft-edged shape, about a third of them
-recognisable squares, circles and triangles; the edges keep sharpening with more steps
-(--config.training.num_steps=3000 resumes the run). About 3 minutes assumes the idle machine's ~9.6 steps/s;
-`python -m benchmarks.quickstart` measures it (BENCHMARKS.md: wall time, steps/s, the load it ran under).
+recognisable squares, circles and triangles; more steps sharpen them only slowly (step 2,500 looked much
+like 1,500; --config.training.num_steps=3000 resumes the run). `python -m benchmarks.quickstart` measured
+2.6 minutes from start to exit at 11.5 steps/s on 2 lightly loaded Xeon cores (BENCHMARKS.md).
 
-The recipe is the one that learned fastest in issue 25's measurements: v-prediction weighted by
-Min-SNR-5, learning rate 1e-3, EMA 0.999 (about 2x closer to the data than ε-MSE with lr 2e-3 at equal
-steps). On these shapes, unweighted v, Min-SNR-2 and Min-SNR-20 drew worse grids at step 500, lr 2e-3 no better.
+The recipe learned fastest in issue 25's measurements on digits: v-prediction weighted by Min-SNR-5, learning
+rate 1e-3, EMA 0.999 (about 2x closer to the data than eps-MSE with lr 2e-3 at equal steps). On these shapes,
+unweighted v, Min-SNR-2 and Min-SNR-20 drew worse grids at step 500, lr 2e-3 no better (on photographs,
+unweighted v learns faster: benchmarks/learning_efficiency.py, and is the package's default).
 Batch 16: many small steps beat fewer large ones at equal wall time (images/s barely change with the batch).
 """
 from configs import default

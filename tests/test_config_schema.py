@@ -66,10 +66,9 @@ def test_a_misspelt_key_in_a_config_file_names_the_real_one():
 
 def test_a_config_json_written_before_a_default_changed_keeps_what_its_run_trained_with():
   saved = convert.to_dict(schema.Config())
-  del saved['diffusion']['prediction'], saved['diffusion']['loss_weighting']  # as versions before they existed
-  config = convert.from_mapping(convert.migrate(saved))
-  assert (config.diffusion.prediction, config.diffusion.loss_weighting) == ('eps', 'none')
-  assert (schema.Config().diffusion.prediction, schema.Config().diffusion.loss_weighting) == ('v', 'min_snr')
+  del saved['diffusion']['prediction']  # as versions before the key existed, which trained eps
+  assert convert.from_mapping(convert.migrate(saved)).diffusion.prediction == 'eps'
+  assert schema.Config().diffusion.prediction == 'v'
 
 
 def test_a_renamed_key_says_where_it_lives_now():
@@ -98,7 +97,7 @@ def test_the_objective_carries_every_training_option_of_the_config():
   config = convert.with_values(schema.Config(), {'diffusion.loss': 'huber', 'diffusion.huber_delta': 0.25,
                                                  'training.grad_accum_steps': 2, 'diffusion.offset_noise': 0.1})
   objective = build.objective(config)
-  assert objective == train_step.Objective(loss='huber', prediction='v', loss_weighting='min_snr', min_snr_gamma=5.0,
+  assert objective == train_step.Objective(loss='huber', prediction='v', loss_weighting='none', min_snr_gamma=5.0,
                                            huber_delta=0.25, offset_noise=0.1, ema_decay=0.9999, ema_warmup=True,
                                            grad_accum_steps=2)
 

@@ -36,8 +36,8 @@ def is_section(kind) -> bool:
 
 
 # Keys whose default has changed: a config.json written before such a key existed trained with the value on the
-# right, not with today's default (diffusion: v + Min-SNR since issue 25; eps, unweighted before).
-EARLIER_DEFAULTS = {'diffusion': {'prediction': 'eps', 'loss_weighting': 'none'}}
+# right, not with today's default (diffusion.prediction: v since issue 25; eps before).
+EARLIER_DEFAULTS = {'diffusion': {'prediction': 'eps'}}
 
 
 def with_earlier_defaults(saved: dict) -> dict:
