@@ -14,12 +14,15 @@ and the held-out ones: the floor a model that reproduced the training set would 
 
 Why pixel space: the question is how fast a recipe fits real image statistics (colour, contrast, edges, noise),
 which the pixel mean and covariance carry; a learned extractor trained elsewhere would add its own bias, and
-the stand-in Inception is random. At 16 px the patches have 768 dimensions; at 32 px they are pooled 2x2 to
+the stand-in Inception is random. The held-out photographs differ in content from the training ones, so a model can
+come closer to them than the training patches are (a ratio under 1); the fit score, against train patches not
+in the reference sample, has a true floor. At 16 px the patches have 768 dimensions; at 32 px they are pooled 2x2 to
 16 px first, so that 500-1000 samples estimate the covariance as well at both sizes.
 
 Every recipe sees the same patches and the same number of steps; each row is the mean (and spread) over seeds.
 Results are appended to a JSON file as each run ends, so an interrupted benchmark resumes where it stopped.
 
+  pip install -e '.[bench]'  # scikit-image
   python -m benchmarks.learning_efficiency --image_size=16 --steps=1500 --seeds=0,1
   python -m benchmarks.learning_efficiency --image_size=32 --steps=1500 --seeds=0,1 --recipes=today,v_min_snr
 """
