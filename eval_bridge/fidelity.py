@@ -143,7 +143,8 @@ class FeatureAccumulator:
     self._batch_size = batch_size
     self._chunks: list[np.ndarray] = []
     self._logits: list[np.ndarray] = []
-    self._bar = tqdm.tqdm(total=total, disable=not progress, unit='img', desc=desc, leave=False)
+    # disable=None: no bar where stderr is not a terminal (CI, SLURM logs would get every redraw as a line).
+    self._bar = tqdm.tqdm(total=total, disable=None if progress else True, unit='img', desc=desc, leave=False)
 
   def update(self, images: torch.Tensor) -> None:
     """Returns None; adds the features of `images` (uint8 N×C×H×W, any device)."""

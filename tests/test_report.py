@@ -283,6 +283,11 @@ def test_metrics_figure_has_one_legend_with_n_where_it_differs_and_whole_axis_la
   same_n = [hand_run('a', [histogram_eval(2, [4] * 32)]), hand_run('b', [histogram_eval(2, [4] * 32)])]
   figures.plot_metrics(same_n, 'unused.png')
   assert [text.get_text() for text in saved[-1].legends[0].get_texts()] == ['a', 'b', 'best evaluation']
+  standin = [hand_run('a', [{**histogram_eval(2, [4] * 32), 'standin_inception': True}]),
+             hand_run('b', [histogram_eval(2, [4] * 32)])]
+  figures.plot_metrics(standin, 'unused.png')
+  assert [text.get_text() for text in saved[-1].legends[0].get_texts()] == [
+      'a [stand-in Inception]', 'b', 'best evaluation']
 
 
 def test_kid_shows_only_meaningful_digits_and_runs_of_other_n_get_a_warning():

@@ -123,11 +123,13 @@ def counts_differ(runs: list[events.Run]) -> bool:
 
 
 def run_label(run: events.Run, show_n: bool) -> str:
-  """Returns the run's legend entry: its name, with its n (or n range) when show_n."""
+  """Returns the run's legend entry: its name, with its n (or n range) when show_n, marked when any of its
+  evaluations used stand-in Inception weights (their FID, KID, IS and precision/recall compare with nothing)."""
   counts = sample_counts(run)
+  name = run.name + (' [stand-in Inception]' if any(e.get('standin_inception') for e in run.evals) else '')
   if not show_n or not counts:
-    return run.name
-  return f'{run.name} (n={counts[0]:,})' if len(counts) == 1 else f'{run.name} (n={counts[0]:,}–{counts[-1]:,})'
+    return name
+  return f'{name} (n={counts[0]:,})' if len(counts) == 1 else f'{name} (n={counts[0]:,}–{counts[-1]:,})'
 
 
 def axis_label(panel: metrics_lib.Panel) -> str:
