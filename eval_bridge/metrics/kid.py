@@ -9,8 +9,12 @@ class Kid(_registry.FeatureMetric):
   keys = ('kid_mean', 'kid_std')
   columns = (_registry.MeanStdColumn('KID', 'kid_mean', spread='kid_std'),)
   panels = (_registry.Panel('kid_mean', 'KID ↓ (mean ± std)', band='kid_std'),)
-  summary = 'KID {kid_mean:.4f} ± {kid_std:.4f}'
   note = 'KID is mean ± std over subsets'
+
+  @classmethod
+  def fragment(cls, metrics: dict) -> str:
+    """Returns 'KID 0.0123 ± 0.0010' with the digits that mean something, as table.md shows it (no '± 0.0000')."""
+    return 'KID ' + cls.columns[0].cell(metrics, 'missing')
 
   def result(self) -> dict[str, float]:
     """Returns {'kid_mean', 'kid_std', 'kid_subset_size'} over context.kid_subsets subsets from context.metric_seed."""
