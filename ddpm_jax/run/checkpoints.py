@@ -37,14 +37,20 @@ def make_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
                                item_names=(STATE, DIGEST))
 
 
-def state_digest(state) -> str:
-  """Returns the SHA-256 of the state's leaves: their paths, dtypes, shapes and bytes."""
+def arrays_digest(named_arrays) -> str:
+  """Returns the SHA-256 of (name, array) pairs, in their order: each name, dtype, shape and bytes."""
   digest = hashlib.sha256()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]:
+  for name, leaf in named_arrays:
     array = np.ascontiguousarray(leaf)
-    digest.update(f'{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};'.encode())
+    digest.update(f'{name}:{array.dtype}:{array.shape};'.encode())
     digest.update(array.tobytes())
   return digest.hexdigest()
+
+
+def state_digest(state) -> str:
+  """Returns the SHA-256 of the state's leaves: their paths, dtypes, shapes and bytes."""
+  leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+  return arrays_digest((jax.tree_util.keystr(path), leaf) for path, leaf in leaves)
 
 
 def error_reason(error: BaseException) -> str:

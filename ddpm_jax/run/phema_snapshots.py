@@ -6,7 +6,6 @@ written to a temporary file and renamed, so a killed write leaves no snapshot; t
 file damaged afterwards, which is then skipped with one line. The solver is core/phema.py's.
 """
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +15,7 @@ import numpy as np
 from absl import logging
 
 from ddpm_jax import paths
+from ddpm_jax.run import checkpoints
 from ddpm_jax.core import phema
 
 
@@ -50,13 +50,8 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 
 
 def leaves_digest(flat: dict[str, np.ndarray]) -> str:
-  """Returns the SHA-256 of the leaves: their names, dtypes, shapes and bytes, in name order."""
-  digest = hashlib.sha256()
-  for name in sorted(flat):
-    array = np.ascontiguousarray(flat[name])
-    digest.update(f'{name}:{array.dtype}:{array.shape};'.encode())
-    digest.update(array.tobytes())
-  return digest.hexdigest()
+  """Returns the SHA-256 of the leaves: their names, dtypes, shapes and bytes, in name order (as checkpoints')."""
+  return checkpoints.arrays_digest((name, flat[name]) for name in sorted(flat))
 
 
 def write_snapshot(workdir: str, step: int, sigma_rel: float, params, dtype: str = 'float32') -> str:
