@@ -79,8 +79,8 @@ def type_name(kind) -> str:
   """Returns a type as the user reads it: 'an integer', 'a tuple of strings', 'None or a string'."""
   names = {bool: 'True or False', int: 'an integer', float: 'a finite number', str: 'a string'}
   if typing.get_origin(kind) is tuple:
-    element = typing.get_args(kind)[0]
-    return f'a tuple of {names[element].removeprefix("an ").removeprefix("a ")}s'
+    elements = typing.get_args(typing.get_args(kind)[0]) or typing.get_args(kind)[:1]
+    return 'a tuple of ' + ' or '.join(f'{names[e].removeprefix("an ").removeprefix("a ")}s' for e in elements)
   if typing.get_origin(kind) in (typing.Union, types.UnionType):
     return ' or '.join('None' if arg is type(None) else names[arg] for arg in typing.get_args(kind))
   return names[kind]
@@ -91,7 +91,13 @@ def coerce(value, kind):
   if typing.get_origin(kind) in (typing.Union, types.UnionType):
     if value is None and type(None) in typing.get_args(kind):
       return None
-    return coerce(value, next(arg for arg in typing.get_args(kind) if arg is not type(None)))
+    for arg in typing.get_args(kind):  # the first type that takes the value (an int | str label: either)
+      if arg is not type(None):
+        try:
+          return coerce(value, arg)
+        except TypeError:
+          continue
+    raise TypeError
   if typing.get_origin(kind) is tuple:
     if isinstance(value, int) and not isinstance(value, bool) and typing.get_args(kind)[0] is int:
       value = (value,)  # attention_resolutions=16 means (16,)

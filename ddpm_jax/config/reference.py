@@ -28,7 +28,7 @@ class Row:
 def type_label(kind) -> str:
   """Returns a short type name: int, float, bool, str, tuple[int], str | None."""
   if typing.get_origin(kind) is tuple:
-    return f'tuple[{typing.get_args(kind)[0].__name__}]'
+    return f'tuple[{type_label(typing.get_args(kind)[0])}]'
   if typing.get_origin(kind) is not None:
     return ' | '.join('None' if arg is type(None) else arg.__name__ for arg in typing.get_args(kind))
   return kind.__name__

@@ -107,6 +107,9 @@ class TrainingConfig:
                                   '<workdir>/phema/', low=1, free=True)
   phema_dtype: str = option('float32', 'post-hoc EMA: dtype of the snapshots (float16 halves the disk)',
                             choices=PHEMA_DTYPES, free=True)
+  label_dropout: float = option(0.1, 'class-conditional models (model.num_classes > 0): the fraction of examples '
+                                'trained with the null class, which classifier-free guidance needs', low=0.0,
+                                high=1.0, high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,12 @@ class SamplingConfig(SamplerSettings):
   """The sampler of the training grids and --mode=sample, and how many images --mode=sample writes."""
   num_samples: int = option(64, 'images written by --mode=sample', low=1)
   batch_size: int = option(64, 'images per sampling batch', low=1)
+  guidance_scale: float = option(1.0, 'classifier-free guidance w: prediction = uncond + w (cond - uncond); 1 = '
+                                 'plain conditional, 0 = unconditional (class-conditional models only)', low=0.0)
+  guidance_interval: tuple[int, ...] = option((), 'guide only at timesteps t_lo <= t <= t_hi, given as (t_lo, '
+                                              't_hi) (Kynkaanniemi et al. 2024); () = every step', low=0)
+  labels: tuple[int | str, ...] = option((), 'class-conditional models: the classes to draw, as ids or names, cycled over the '
+                         'samples; () = balanced (sample i gets class i mod num_classes)')
 
 
 # The fast protocol's sampler: DPM-Solver++(2M) on a log-SNR grid solves the probability-flow ODE of Gaussian data
@@ -154,6 +163,12 @@ class EvalConfig:
                                 "('' = read the dataset)")
   metric_seed: int = option(2020, "seed of IS's shuffle, KID's subsets and precision/recall's reference subsample "
                             "(torch-fidelity's 2020)", low=0)
+  guidance_scale: float = option(1.0, "class-conditional models: the evaluation's classifier-free guidance w "
+                                 '(samples are class-balanced)', low=0.0)
+  guidance_interval: tuple[int, ...] = option((), "the evaluation's guidance interval (t_lo, t_hi); () = every "
+                                              'step', low=0)
+  guidance_scales: tuple[float, ...] = option((), '--mode=eval: score each of these guidance scales w instead of '
+                                              'eval.guidance_scale (one JSON per w)', low=0.0)
   phema_sigma_rels: tuple[float, ...] = option((), '--mode=eval: evaluate the post-hoc EMA reconstructed at each '
                                                "of these sigma_rel from the run's snapshots instead of the EMA "
                                                '(needs training.phema_sigma_rels)', low=0.0,
