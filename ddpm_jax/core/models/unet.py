@@ -4,8 +4,10 @@ Layer for layer the network of the official `diffusion_tf/models/unet.py`, so
 parameter counts match (35,746,307 for the CIFAR-10 model). Pure: imports only
 jax, flax, numpy and the standard library.
 
-Call: `UNet(config).apply(variables, x, t, train=..., rngs={'dropout': key})`
-with x float [B, H, W, C] (NHWC) and t int32 [B]; returns float32 [B, H, W, C].
+Call: `UNet(config).apply(variables, x, t, labels, train=..., rngs={'dropout': key})`
+with x float [B, H, W, C] (NHWC), t int32 [B] and, for a class-conditional model
+(config.num_classes = K > 0), labels int32 [B] in [0, K], K being the null class
+(labels=None: all null, the unconditional model); returns float32 [B, H, W, C].
 """
 import dataclasses
 import math
@@ -42,6 +44,8 @@ class UNetConfig:
                       '(float16 scales the loss dynamically)', choices=tuple(_DTYPES))
   attention_impl: Optional[str] = option(None, "jax.nn.dot_product_attention's implementation: None picks cuDNN's "
                                          "fused kernel where it applies, else XLA", choices=_ATTENTION_IMPLS)
+  num_classes: int = option(0, 'class-conditional: K classes, a learned class embedding added to the timestep '
+                            'embedding, plus a null class (id K) for guidance; 0 = unconditional', low=0)
   remat: bool = option(False, "recompute each res/attention block's activations in the backward pass: less "
                        'memory, more time')
 
@@ -221,6 +225,21 @@ class TimestepMLP(nn.Module):
     return _dense(4 * cfg.base_channels, cfg, 'dense1')(nn.silu(h))
 
 
+class ClassEmbedding(nn.Module):
+  """A learned embedding of num_classes + 1 rows (the last the null class), as ADM's label_emb."""
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, labels: Optional[jax.Array], batch_size: int) -> jax.Array:
+    """Returns float32 [B, 4 * base_channels]: each label's row; labels=None takes the null class for all B."""
+    cfg = self.config
+    if labels is None:
+      labels = jnp.full((batch_size,), cfg.num_classes, jnp.int32)
+    table = self.param('embedding', nn.initializers.normal(1.0), (cfg.num_classes + 1, 4 * cfg.base_channels),
+                       jnp.float32)
+    return table[jnp.asarray(labels, jnp.int32)]
+
+
 class Encoder(nn.Module):
   """The down path: input conv, then res (+attention) blocks and downsamples."""
   config: UNetConfig
@@ -269,10 +288,15 @@ class UNet(nn.Module):
   config: UNetConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, train: bool = False) -> jax.Array:
-    """Returns float32 [B, H, W, C], the network's prediction for x [B, H, W, C] at steps t [B]."""
+  def __call__(self, x: jax.Array, t: jax.Array, labels: Optional[jax.Array] = None,
+               train: bool = False) -> jax.Array:
+    """Returns float32 [B, H, W, C], the network's prediction for x [B, H, W, C] at steps t [B] (of classes labels)."""
     cfg = self.config
     temb = TimestepMLP(cfg, name='temb')(t)
+    if cfg.num_classes:
+      temb = temb + ClassEmbedding(cfg, name='class_embed')(labels, t.shape[0])
+    elif labels is not None:
+      raise ValueError('labels given to an unconditional model (model.num_classes=0)')
     skips = Encoder(cfg, name='down')(x, temb, train)
     h = cfg.res_block(skips[-1].shape[-1], cfg, name='mid_res1')(skips[-1], temb, train)
     h = cfg.attention_block(cfg, name='mid_attn')(h)
