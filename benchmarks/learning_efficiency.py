@@ -29,6 +29,7 @@ Results are appended to a JSON file as each run ends, so an interrupted benchmar
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import time
@@ -59,7 +60,11 @@ HELD_OUT_IMAGES = ('coffee', 'rocket')
 
 # What each recipe changes on configs/quickstart.py as it was at 2b401f1 (TODAY).
 TODAY = {'diffusion.prediction': 'eps', 'diffusion.loss_weighting': 'none', 'training.learning_rate': 2e-3,
-         'training.ema_decay': 0.995}
+         'training.ema_decay': 0.995, 'diffusion.logsnr_shift': 0.0,
+         # Photographs have no classes: unconditional, as the quickstart was then.
+         'model.num_classes': 0, 'sampling.guidance_scale': 1.0, 'eval.guidance_scale': 1.0}
+# A recipe's logsnr_shift of SIMPLE_DIFFUSION_SHIFT is simple diffusion's 2 ln(64 / image_size) at the run's size.
+SIMPLE_DIFFUSION_SHIFT = 'simple_diffusion'
 RECIPES = {  # in the order they run: the most informative first
     'today': {},
     'eps_lr1e-3_ema999': {'training.learning_rate': 1e-3, 'training.ema_decay': 0.999},
@@ -73,6 +78,15 @@ RECIPES = {  # in the order they run: the most informative first
     'v_min_snr': {'diffusion.prediction': 'v', 'diffusion.loss_weighting': 'min_snr', 'training.learning_rate': 1e-3,
                   'training.ema_decay': 0.999},
     'v_lr2e-3_ema995': {'diffusion.prediction': 'v'},
+    'v_edm': {'diffusion.prediction': 'v', 'diffusion.loss_weighting': 'edm', 'training.learning_rate': 1e-3,
+              'training.ema_decay': 0.999},
+    'v_shift': {'diffusion.prediction': 'v', 'diffusion.logsnr_shift': SIMPLE_DIFFUSION_SHIFT,
+                'training.learning_rate': 1e-3, 'training.ema_decay': 0.999},
+    'v_edm_shift': {'diffusion.prediction': 'v', 'diffusion.loss_weighting': 'edm',
+                    'diffusion.logsnr_shift': SIMPLE_DIFFUSION_SHIFT, 'training.learning_rate': 1e-3,
+                    'training.ema_decay': 0.999},
+    'x0_shift': {'diffusion.prediction': 'x0', 'diffusion.logsnr_shift': SIMPLE_DIFFUSION_SHIFT,
+                 'training.learning_rate': 1e-3, 'training.ema_decay': 0.999},
     'v_min_snr_lr5e-4': {'diffusion.prediction': 'v', 'diffusion.loss_weighting': 'min_snr',
                          'training.learning_rate': 5e-4, 'training.ema_decay': 0.999},
 }
@@ -127,7 +141,10 @@ def subset(images: np.ndarray, count: int, seed: int) -> np.ndarray:
 def config_of(recipe: str, seed: int, image_size: int, steps: int):
   """Returns the typed quickstart config with today's recipe, then the recipe's changes, at the given size."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
-  values = {**TODAY, **RECIPES[recipe], 'seed': seed, 'data.image_size': image_size, 'data.on_device': True,
+  values = {**TODAY, **RECIPES[recipe]}
+  if values['diffusion.logsnr_shift'] == SIMPLE_DIFFUSION_SHIFT:
+    values['diffusion.logsnr_shift'] = 2 * math.log(64 / image_size)
+  values = {**values, 'seed': seed, 'data.image_size': image_size, 'data.on_device': True,
             'training.num_steps': steps, 'model.attention_resolutions': (image_size // 4,)}
   return convert.with_values(convert.from_configdict(quickstart.get_config()), values)
 

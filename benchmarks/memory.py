@@ -34,8 +34,6 @@ Times on a CPU need a small model:
 """
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -157,19 +155,12 @@ def table_row(variant: str, result: dict, plain: dict) -> str:
 
 def header(config) -> list[str]:
   """Returns the section's title and the bullets that say what was measured, where and how."""
-  import flax  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   model = config.model
-  xla_flags = f'XLA_FLAGS={os.environ["XLA_FLAGS"]} ' if os.environ.get('XLA_FLAGS') else ''
   return [
       f'## Train-step memory per variant, {datetime.datetime.now().isoformat(timespec="seconds")} — '
       f'{device.platform} ({device.device_kind})', '',
-      f'- Command: `{xla_flags}python -m benchmarks.memory {" ".join(sys.argv[1:])}`',
-      f'- Machine: {platform.platform()}; {machine_info.cpu_model()}, {os.cpu_count()} CPUs; JAX on '
-      f'{jax.device_count()} x {device.platform} ({device.device_kind}); load average {machine_info.load_average()}',
-      f'- Versions: Python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, '
-      f'optax {optax.__version__}',
+      *machine_info.environment_lines('benchmarks.memory'),
       f'- Config: {config.data.image_size}x{config.data.image_size}, batch {config.training.batch_size}, '
       f'base_channels={model.base_channels}, channel_mults={tuple(model.channel_mults)}, '
       f'num_res_blocks={model.num_res_blocks}, attention at {tuple(model.attention_resolutions)}; '

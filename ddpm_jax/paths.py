@@ -86,6 +86,20 @@ class Workdir:
     return os.path.join(self.root, 'phema.json')
 
   @property
+  def classes_json(self) -> str:
+    """classes.json: a class-conditional run's class names, in label order."""
+    return os.path.join(self.root, 'classes.json')
+
+  @property
+  def guidance_evals(self) -> str:
+    """eval/guidance/: evaluations of a class-conditional run at each guidance scale (--config.eval.guidance_scales)."""
+    return os.path.join(self.evals, 'guidance')
+
+  def guidance_eval_file(self, step: int, guidance_scale: float) -> str:
+    """eval/guidance/step_<N>_w_<w>.json."""
+    return os.path.join(self.guidance_evals, f'step_{step}_w_{guidance_scale:g}.json')
+
+  @property
   def wandb_run_id(self) -> str:
     """wandb_run_id.txt: the W&B run a resumed run continues."""
     return os.path.join(self.root, 'wandb_run_id.txt')

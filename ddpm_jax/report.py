@@ -4,7 +4,8 @@
 
 Reads each workdir's config.json, event files (loss), eval/step_<N>.json and samples/step_<N>.png;
 writes table.md, loss.png, metrics.png, schedules.png, luminance.png, samples.png and report.html (all of it
-on one self-contained page, images embedded).
+on one self-contained page, images embedded); after a post-hoc EMA sweep phema.png, after a guidance sweep
+(eval/guidance/) guidance.png and a table of each w.
 """
 import argparse
 import sys

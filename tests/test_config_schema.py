@@ -10,7 +10,7 @@ import pytest
 import clitools
 import runs
 from configs import default
-from ddpm_jax.config import convert, reference, schema
+from ddpm_jax.config import checks, convert, reference, schema
 from ddpm_jax.core import sampler, train_step
 from ddpm_jax.core.models.unet import UNetConfig
 from ddpm_jax.run import build, workdir as workdir_lib
@@ -35,6 +35,8 @@ BAD_VALUES = [
     ('eval.metrics', ('fid', 'fjd'), "eval.metrics: unknown metric 'fjd'; known: fid, kid"),
     ('eval.metrics', (), 'eval.metrics: no metric chosen'),
     ('model.channel_mults', 'abc', "model.channel_mults='abc' must be a tuple of integers"),
+    ('training.label_dropout', 1.0, 'training.label_dropout=1.0 must lie in [0, 1)'),
+    ('sampling.guidance_scale', -1.0, 'sampling.guidance_scale=-1.0 must be >= 0'),
 ]
 
 
@@ -95,11 +97,12 @@ def test_the_core_sections_are_the_schemas_own():
 
 def test_the_objective_carries_every_training_option_of_the_config():
   config = convert.with_values(schema.Config(), {'diffusion.loss': 'huber', 'diffusion.huber_delta': 0.25,
-                                                 'training.grad_accum_steps': 2, 'diffusion.offset_noise': 0.1})
+                                                 'training.grad_accum_steps': 2, 'diffusion.offset_noise': 0.1,
+                                                 'model.num_classes': 5, 'training.label_dropout': 0.2})
   objective = build.objective(config)
   assert objective == train_step.Objective(loss='huber', prediction='v', loss_weighting='none', min_snr_gamma=5.0,
                                            huber_delta=0.25, offset_noise=0.1, ema_decay=0.9999, ema_warmup=True,
-                                           grad_accum_steps=2)
+                                           grad_accum_steps=2, label_dropout=0.2, null_label=5)
 
 
 def test_which_keys_may_change_on_resume_is_a_property_of_the_option():
@@ -179,3 +182,35 @@ def test_an_unknown_override_gets_the_schemas_one_line():
   assert main.unknown_override(['main', '--config.training.num_stepz=3']) == (
       'training.num_stepz (a --config override) is not a config key; did you mean training.num_steps?')
   assert main.unknown_override(['main', '--config.training.num_steps=3', '--config.eval.sampling.eta=1']) == ''
+
+
+UNCONDITIONAL = 'needs a class-conditional model, but model.num_classes=0 (unconditional); set model.num_classes'
+GUIDANCE_ERRORS = [  # the tiny config: T = 100, model.num_classes = 0 unless set
+    ({'sampling.guidance_scale': 3.0}, f'sampling.guidance_scale=3.0 {UNCONDITIONAL}'),
+    ({'eval.guidance_scale': 0.0}, f'eval.guidance_scale=0.0 {UNCONDITIONAL}'),
+    ({'eval.guidance_scales': (1.0, 3.0)}, f'eval.guidance_scales=(1.0, 3.0) {UNCONDITIONAL}'),
+    ({'sampling.labels': (1, 'cat')}, f"sampling.labels=(1, 'cat') {UNCONDITIONAL}"),
+    ({'eval.guidance_interval': (10, 50)}, f'eval.guidance_interval=(10, 50) {UNCONDITIONAL}'),
+    ({'model.num_classes': 4, 'sampling.labels': (0, 'cat', 4)},
+     "sampling.labels=(0, 'cat', 4): class 4 is out of range for model.num_classes=4; valid: ids 0..3 or class names"),
+    ({'model.num_classes': 4, 'sampling.guidance_interval': (10,)},
+     'sampling.guidance_interval=(10,) must be () or two timesteps (t_lo, t_hi)'),
+    ({'model.num_classes': 4, 'eval.guidance_interval': (60, 20)},
+     'eval.guidance_interval=(60, 20) must have 0 <= t_lo <= t_hi < diffusion.num_timesteps=100'),
+    ({'model.num_classes': 4, 'sampling.guidance_interval': (0, 100)},
+     'sampling.guidance_interval=(0, 100) must have 0 <= t_lo <= t_hi < diffusion.num_timesteps=100'),
+]
+
+
+@pytest.mark.parametrize('overrides, message', GUIDANCE_ERRORS)
+def test_guidance_on_an_unconditional_model_or_a_bad_interval_or_class_id_is_one_line(overrides, message):
+  with pytest.raises(ValueError) as error:
+    checks.validate_config(runs.tiny_config(overrides))
+  assert str(error.value).startswith(message) and '\n' not in str(error.value)
+
+
+def test_guidance_keys_that_fit_the_model_pass_and_label_dropout_is_ignored_without_classes():
+  checks.check_guidance(runs.tiny_config({'model.num_classes': 4, 'sampling.guidance_scale': 3.0,
+                                          'sampling.guidance_interval': (0, 99), 'sampling.labels': (3, 'cat'),
+                                          'eval.guidance_scales': (0.0, 1.0, 3.0)}))
+  checks.check_guidance(runs.tiny_config({'training.label_dropout': 0.5}))  # num_classes=0: no labels to drop

@@ -1,6 +1,7 @@
 """The configs: each loads and validates, the study's six are three-key diffs of default, the extended study's
-change only what they test of their base run, CIFAR-10's U-Net size; and scripts/run_study.sh, which trains the
-six (or, with --extended, the extended ones) and reports on them."""
+change only what they test of their base run, the class-conditional ones only what conditioning (or ADM) needs
+and have their dataset's class count, CIFAR-10's U-Net size; and scripts/run_study.sh, which trains the six (or,
+with --extended, the extended ones) and reports on them."""
 import functools
 import glob
 import importlib
@@ -108,6 +109,40 @@ def test_extended_config_differs_from_its_base_run_only_in_what_it_tests(name):
   assert changed, f'{name} is {base_name}'
   doc = importlib.import_module(f'configs.{name}').__doc__
   assert f'configs/{base_name}.py' in doc, f"{name}'s docstring does not name its base run"
+
+
+# The class-conditional configs: {name: (the config it starts from, what it sets)}.
+FOOD101_CFG = {'model.num_classes': 101, 'sampling.guidance_scale': 2.0, 'eval.guidance_scales': (1.0, 1.5, 2.0, 3.0),
+               'eval.metrics': ('fid', 'kid', 'ms_ssim', 'artefacts', 'isc', 'prc')}
+CONDITIONAL = {
+    'food101_cfg': ('cosine_mae', {**FOOD101_CFG, 'diffusion.prediction': 'v', 'diffusion.loss': 'mse'}),
+    'cifar10_cfg': ('cifar10_ddpm', {**FOOD101_CFG, 'model.num_classes': 10, 'diffusion.prediction': 'v',
+                                     'eval.sampling.sampler': 'dpmpp_2m', 'eval.sampling.num_steps': 20,
+                                     'eval.sampling.variance': 'beta_tilde'}),
+    'food101_adm': ('food101_cfg', {'model.scale_shift_norm': True, 'model.resblock_updown': True,
+                                    'model.num_head_channels': 64, 'model.attention_resolutions': (32, 16, 8),
+                                    'model.time_embedding': 'adm'}),
+}
+
+
+@pytest.mark.parametrize('name', sorted(CONDITIONAL))
+def test_class_conditional_config_differs_from_its_parent_only_in_what_it_sets(name):
+  parent, sets = CONDITIONAL[name]
+  config, base = flatten(convert.to_dict(load(name))), flatten(convert.to_dict(load(parent)))
+  changed = {key for key in config.keys() | base.keys() if config.get(key) != base.get(key)}
+  assert changed == set(sets), f'{name} changes {sorted(changed)}'
+  assert {key: config[key] for key in sets} == sets
+  assert config['training.label_dropout'] == 0.1
+  assert f'configs/{parent}.py' in importlib.import_module(f'configs.{name}').__doc__
+
+
+@pytest.mark.parametrize('name', sorted(CONDITIONAL))
+def test_class_conditional_config_has_as_many_classes_as_its_dataset(name):
+  tfds = pytest.importorskip('tensorflow_datasets')
+  config = load(name)
+  dataset = config.data.dataset.removeprefix('tfds:')
+  # TFDS's own metadata, shipped with the package: no download.
+  assert config.model.num_classes == tfds.builder(dataset).info.features['label'].num_classes
 
 
 @functools.lru_cache(maxsize=None)

@@ -141,20 +141,23 @@ def test_the_scheduler_sets_the_diffusion(tmp_path, scheduler, expected):
   np.testing.assert_allclose(np.asarray(betas, np.float32), reference.betas.numpy(), rtol=2e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize('schedule, num_timesteps, zero_terminal_snr', [
-    ('linear', 1000, False), ('linear', 100, False), ('cosine', 100, False), ('sigmoid', 100, False),
-    ('linear', 100, True)])
-def test_export_loads_in_diffusers_with_our_tensors_and_betas(tmp_path, schedule, num_timesteps, zero_terminal_snr):
+@pytest.mark.parametrize('schedule, num_timesteps, zero_terminal_snr, logsnr_shift', [
+    ('linear', 1000, False, 0.0), ('linear', 100, False, 0.0), ('cosine', 100, False, 0.0), ('sigmoid', 100, False, 0.0),
+    ('linear', 100, True, 0.0), ('cosine', 100, True, 2.0)])
+def test_export_loads_in_diffusers_with_our_tensors_and_betas(tmp_path, schedule, num_timesteps, zero_terminal_snr,
+                                                              logsnr_shift):
   model = random_unet(TINY)
   config, params = diffusers_io.from_diffusers(save(model, tmp_path / 'unet'))
   config = convert.with_values(config, {'diffusion.schedule': schedule, 'diffusion.num_timesteps': num_timesteps,
-                                        'diffusion.prediction': 'v', 'diffusion.zero_terminal_snr': zero_terminal_snr})
+                                        'diffusion.prediction': 'v', 'diffusion.zero_terminal_snr': zero_terminal_snr,
+                                        'diffusion.logsnr_shift': logsnr_shift})
   out = diffusers_io.to_diffusers(config, params, str(tmp_path / 'export'))
   pipeline = DDPMPipeline.from_pretrained(out)
   exported, original = pipeline.unet.state_dict(), model.state_dict()
   assert set(exported) == set(original)
   assert all(torch.equal(exported[name], original[name]) for name in original)
-  ours = np.asarray(schedules.make_schedule(schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr).betas)
+  ours = np.asarray(schedules.make_schedule(schedule, num_timesteps, zero_terminal_snr=zero_terminal_snr,
+                                            logsnr_shift=logsnr_shift).betas)
   # diffusers rescales to zero terminal SNR in float32 (we in float64): its small betas are off by ~2e-7.
   np.testing.assert_allclose(pipeline.scheduler.betas.numpy(), ours, rtol=1e-5, atol=5e-7 if zero_terminal_snr else 1e-9)
   assert diffusers_io.from_diffusers(out)[0].diffusion.zero_terminal_snr == zero_terminal_snr
@@ -164,12 +167,19 @@ def test_export_loads_in_diffusers_with_our_tensors_and_betas(tmp_path, schedule
 
 
 @pytest.mark.parametrize('changes, named', [
-    ({'resnet_time_scale_shift': 'scale_shift'}, 'resnet_time_scale_shift'),
-    ({'flip_sin_to_cos': True}, 'flip_sin_to_cos'),
+    ({'resnet_time_scale_shift': 'spatial'}, 'resnet_time_scale_shift'),
+    # diffusers' middle attention then has no GroupNorm; ours has.
+    ({'resnet_time_scale_shift': 'scale_shift'}, 'attn_norm_num_groups'),
+    ({'flip_sin_to_cos': True}, 'flip_sin_to_cos'),  # with freq_shift=1: neither DDPM's sinusoids nor ADM's
     ({'downsample_padding': 1}, 'downsample_padding'),
     ({'down_block_types': ('DownBlock2D', 'SkipDownBlock2D')}, 'down_block_types[1]'),
     ({'up_block_types': ('UpBlock2D', 'UpBlock2D')}, 'up_block_types[0]'),
     ({'block_out_channels': (8, 12), 'norm_num_groups': 4}, 'block_out_channels'),
+    ({'downsample_type': 'resnet'}, 'upsample_type'),  # model.resblock_updown resamples both paths alike
+    ({'downsample_type': 'resnet', 'upsample_type': 'resnet'}, 'down_block_types[0]'),  # DownBlock2D: a conv
+    ({'attention_head_dim': 3}, 'attention_head_dim'),
+    ({'class_embed_type': 'timestep', 'num_class_embeds': 4}, 'class_embed_type'),
+    ({'num_class_embeds': 4, '_null_class': 2}, '_null_class'),  # our exports' null class is the last row
 ])
 def test_a_config_the_unet_cannot_express_is_refused(tmp_path, changes, named):
   folder = save(random_unet(TINY), tmp_path / 'unet')
@@ -289,10 +299,11 @@ def test_the_model_card_lists_metrics_alone_and_the_step_exported_past_a_damaged
   os.makedirs(os.path.join(workdir, 'eval'))
   with open(os.path.join(workdir, 'eval', 'step_2.json'), 'w') as f:
     json.dump({'step': 2, **evaluation}, f)
-  newest = max(glob.glob(os.path.join(workdir, 'checkpoints', '4', 'state', '**', 'd', '*'), recursive=True),
-               key=os.path.getsize)
-  with open(newest, 'r+b') as f:  # the newest checkpoint is damaged: the export falls back to step 2
-    f.truncate(os.path.getsize(newest) // 2)
+  # The newest checkpoint is damaged: the export falls back to step 2. Every data file, not the largest alone:
+  # which file holds the EMA params (what an export reads) varies with the order Orbax's writes finished in.
+  for data_file in glob.glob(os.path.join(workdir, 'checkpoints', '4', 'state', '**', 'd', '*'), recursive=True):
+    with open(data_file, 'r+b') as f:
+      f.truncate(os.path.getsize(data_file) // 2)
   out = convert_workdir.export_workdir(workdir, str(tmp_path / 'export'))
   with open(os.path.join(out, 'README.md')) as f:
     card = f.read()

@@ -184,3 +184,62 @@ def test_photos_are_turned_upright_by_their_exif_orientation(tmp_path, cache_dir
 def test_centre_square_box():
   assert preprocess.centre_square(30, 10) == (10, 0, 20, 10)
   assert preprocess.centre_square(9, 28) == (0, 9, 9, 18)
+
+
+CLASS_COLOURS = {'bird': (0, 200, 0), 'cat': (200, 0, 0), 'dog': (0, 0, 200)}
+
+
+def class_folder(root, in_root=()) -> str:
+  """Returns a folder of class subfolders (at any depth below them) whose images have their class's colour."""
+  for relative, name in [('cat/1.png', 'cat'), ('cat/deep/er/2.png', 'cat'), ('bird/3.png', 'bird'),
+                         ('dog/4.png', 'dog'), ('dog/5.jpg', 'dog'), ('bird/6.png', 'bird')]:
+    save(Image.new('RGB', (8, 8), CLASS_COLOURS[name]), root / relative)
+  (root / 'cat' / '0_corrupt.png').write_bytes(b'\x89PNG not really a png')  # skipped: the rows after it shift
+  for relative in in_root:
+    save(Image.new('RGB', (8, 8), (9, 9, 9)), root / relative)
+  return str(root)
+
+
+def class_of_colour(image) -> int:
+  """Returns the id of the class whose colour `image` has (classes sorted by name)."""
+  names = sorted(CLASS_COLOURS)
+  return int(np.argmin([np.abs(image.astype(int) - CLASS_COLOURS[name]).sum() for name in names]))
+
+
+def test_each_image_is_labelled_with_its_first_level_subfolder(tmp_path, cache_dir):
+  source = folder_lib.folder_source(class_folder(tmp_path / 'pets'), 'train', image_size=IMAGE_SIZE, data_dir='',
+                                    strict=False, seed=0, with_labels=True)
+  assert source.class_names == ('bird', 'cat', 'dog') and len(source) == 6
+  labels = source.read_labels(np.arange(len(source)))
+  assert labels.tolist() == [class_of_colour(source[i]) for i in range(len(source))]
+  assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+  restored = pickle.loads(pickle.dumps(source))
+  assert restored.read_labels([5, 0]).tolist() == labels[[5, 0]].tolist()
+
+
+def test_images_in_the_root_are_read_unlabelled_but_refused_with_labels(tmp_path, cache_dir):
+  folder = class_folder(tmp_path / 'pets', in_root=('stray.png', 'z.png'))
+  source = load(folder)  # unconditional: every image at any depth, as ever
+  assert len(source) == 8 and source.read_labels([0, 7]).tolist() == [0, -1]
+  with pytest.raises(ValueError, match=r"has 2 images directly in it \(e.g. \['stray.png', 'z.png'\]\)") as raised:
+    folder_lib.folder_source(folder, 'train', image_size=IMAGE_SIZE, data_dir='', strict=False, seed=0,
+                             with_labels=True)
+  assert 'model.num_classes=0' in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_a_cache_without_labels_serves_unlabelled_reads_and_is_rebuilt_for_labels(tmp_path, cache_dir, monkeypatch):
+  folder = class_folder(tmp_path / 'pets')
+  first = load(folder)
+  labels_file = first.labels_path
+  os.remove(labels_file)  # as an older version left it
+  with monkeypatch.context() as patch:
+    patch.setattr(preprocess, 'decode_image', lambda *args, **kwargs: pytest.fail('decoded again'))
+    old = load(folder)
+  assert old.path == first.path and old.class_names == ('bird', 'cat', 'dog')
+  assert [x.tolist() for x in old._getitems(range(6))] == [x.tolist() for x in first._getitems(range(6))]
+  with pytest.raises(ValueError, match='cached without labels'):
+    old.read_labels([0])
+  rebuilt = folder_lib.folder_source(folder, 'train', image_size=IMAGE_SIZE, data_dir='', strict=False, seed=0,
+                                     with_labels=True)
+  assert rebuilt.labels_path == labels_file and os.path.exists(labels_file)
+  assert rebuilt.read_labels(range(6)).tolist() == [class_of_colour(rebuilt[i]) for i in range(6)]

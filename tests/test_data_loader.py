@@ -256,3 +256,34 @@ def test_shapes_needs_no_tensorflow():
   program = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'programs', 'shapes_without_tensorflow.py')
   result = subprocess.run([sys.executable, program], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+
+
+class LabelledIndexSource(IndexSource):
+  """IndexSource whose example i is of class i mod 3."""
+  class_names = ('a', 'b', 'c')
+
+  def read_labels(self, indices):
+    return np.asarray(indices) % 3
+
+
+def labelled_iterator(length, start_step=0, **shard):
+  dataset = loader.train_dataset(LabelledIndexSource(length), global_batch_size=8, seed=4, flip=True,
+                                 start_step=start_step, with_labels=True, **shard)
+  return loader.to_iterator(dataset, num_workers=0)
+
+
+def test_labels_ride_with_their_images_through_shuffles_flips_shards_and_resumes():
+  batches = take(labelled_iterator(30), 9)  # 3 batches an epoch: 3 epochs, each its own order and flips
+  for batch in batches:
+    indices, _ = decode(batch)
+    assert batch['label'].dtype == np.int32 and batch['label'].tolist() == (indices % 3).tolist()
+  assert 0.3 < np.concatenate([decode(b)[1] for b in batches]).mean() < 0.7
+  unlabelled = take(index_iterator(30, global_batch_size=8, seed=4), 9)
+  for batch, plain in zip(batches, unlabelled):
+    assert set(plain) == {'image'}
+    np.testing.assert_array_equal(batch['image'], plain['image'])  # the same images as without labels
+  shards = [labelled_iterator(30, start_step=4, process_index=p, process_count=2) for p in (0, 1)]
+  for want in batches[4:]:
+    parts = [next(shard) for shard in shards]
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(np.concatenate([part[key] for part in parts]), want[key])

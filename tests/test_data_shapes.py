@@ -70,3 +70,18 @@ def test_source_length_bounds_and_split_names():
     shapes.ShapesSource(8, 'test')[shapes.SPLIT_SIZES['test']]
   with pytest.raises(ValueError, match='validation'):
     shapes.ShapesSource(8, 'validation')
+
+
+def test_labels_name_the_shape_drawn():
+  # A shape fills its bounding box by its geometry: square 1, circle pi/4, triangle 1/2.
+  source = shapes.ShapesSource(32, 'train', seed=2)
+  indices = np.arange(48)
+  images = np.stack([source[i] for i in indices]).astype(int)
+  covered = np.abs(images - images[:, :, :1]).sum(-1) > 60  # unlike its row's left-most (background) pixel
+  rows, columns = covered.any(axis=2), covered.any(axis=1)
+  fill = covered.sum(axis=(1, 2)) / (rows.sum(axis=1) * columns.sum(axis=1))
+  seen = np.where(fill > 0.9, 'square', np.where(fill > 0.65, 'circle', 'triangle'))
+  assert source.class_names == ('circle', 'square', 'triangle')
+  labels = source.read_labels(indices)
+  assert labels.dtype == np.int32 and set(labels.tolist()) == {0, 1, 2}
+  assert [source.class_names[label] for label in labels] == seen.tolist()

@@ -43,7 +43,7 @@ def fake_example(example_id: int, label: int, features) -> dict:
   """Returns example `example_id` encoded as TFDS stores it: a solid image of its colour."""
   shape = tuple(s or default for s, default in zip(features['image'].shape, (12, 20, 3)))
   example = {'image': np.broadcast_to(encode_id(example_id)[:shape[2]], shape).copy(),
-             'label': label}
+             'label': label, 'id': str(example_id)}
   return features.encode_example({k: v for k, v in example.items() if k in features.keys()})
 
 
@@ -225,3 +225,33 @@ def test_any_http_answer_counts_as_online():
   answer = urllib.error.HTTPError('https://example.org/', 403, 'Forbidden', {}, None)
   with mock.patch.object(urllib.request, 'urlopen', side_effect=answer):
     assert tfds_lib.unreachable(['https://example.org/data.tar.gz']) == ''
+
+
+def test_labels_and_class_names_come_from_the_class_label_feature_through_a_holdout(data_dir):
+  examples = {'train': [(i, (3 * i) % 10) for i in range(200)]}  # no test split: 2% of train is held out
+  with mocked_tfds(examples):
+    sources = [tfds_lib.tfds_source('cifar10', split, image_size=IMAGE_SIZE, data_dir=data_dir, seed=0)
+               for split in ('train', 'test')]
+    names = tfds.builder('cifar10', data_dir=data_dir).info.features['label'].names  # mocked: '0'...'9'
+  for source in sources:
+    assert source.class_names == tuple(names) and len(names) == 10
+    labels = source.read_labels(np.arange(len(source)))
+    assert labels.dtype == np.int32
+    assert labels.tolist() == [(3 * i) % 10 for i in ids_of(source)]
+
+
+def test_a_dataset_without_a_class_label_feature_has_no_class_names(data_dir):
+  with mocked_tfds({'train': [(i, 0) for i in range(5)], 'validation': [(9, 0)]}):
+    source = tfds_lib.tfds_source('lsun/church_outdoor', 'train', image_size=IMAGE_SIZE, data_dir=data_dir, seed=0)
+  assert len(source) == 5 and source.class_names == ()
+
+
+def test_the_label_feature_is_label_or_else_the_only_class_label():
+  def features(**class_labels):
+    return tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(None, None, 3)), **{
+        name: tfds.features.ClassLabel(names=names) for name, names in class_labels.items()}})
+  both = features(coarse_label=['x', 'y'], label=['a', 'b', 'c'])
+  assert tfds_lib.label_feature(both) == 'label' and tfds_lib.class_names(both, 'label') == ('a', 'b', 'c')
+  assert tfds_lib.label_feature(features(label_shape=['square', 'ellipse'])) == 'label_shape'
+  assert tfds_lib.label_feature(features(label_shape=['a'], label_scale=['b'])) is None
+  assert tfds_lib.label_feature(features()) is None and tfds_lib.class_names(features(), None) == ()

@@ -56,9 +56,30 @@ def test_images_are_scaled_and_flipped_about_half_the_time_reproducibly():
   assert not np.array_equal(batches[0], draw(images, steps=1, batch_size=16, seed=1)[0])
 
 
+def test_labels_follow_their_rows_and_leave_the_images_as_without_labels():
+  images = index_images(40)
+  labels = (np.arange(40) * 7) % 5
+  mesh = sharding.make_mesh()
+  on_device = device_data.to_device(images, mesh, labels=labels)
+  assert set(on_device) == {'image', 'label'} and on_device['label'].dtype == jnp.int32
+  draw_both = jax.jit(lambda step: [device_data.device_batch(data, step, jax.random.key(0), batch_size=8, flip=True)
+                                    for data in (on_device, on_device['image'])])  # one compilation: ~1 s each
+  flipped = []
+  for step in range(8):  # two epochs, flips on
+    labelled, unlabelled = jax.device_get(draw_both(step))
+    indices, mirrored = decode(labelled['image'])
+    flipped.extend(mirrored)
+    assert labelled['label'].tolist() == labels[indices].tolist()
+    assert set(unlabelled) == {'image'}
+    np.testing.assert_array_equal(labelled['image'], unlabelled['image'])
+  assert 0.25 < np.mean(flipped) < 0.75
+
+
 def test_bad_input_is_a_clear_error():
   with pytest.raises(ValueError, match='must be uint8'):
     device_data.to_device(np.zeros((4, 2, 2, 3), np.float32), sharding.make_mesh())
+  with pytest.raises(ValueError, match=r'labels must be integers \[4\] \(one per image\), got int64 \(3,\)'):
+    device_data.to_device(np.zeros((4, 2, 2, 3), np.uint8), sharding.make_mesh(), labels=np.arange(3))
   with pytest.raises(ValueError, match='fewer than one batch of 8'):
     device_data.device_batch(jnp.zeros((5, 2, 2, 3), jnp.uint8), 0, jax.random.key(0), batch_size=8, flip=True)
 

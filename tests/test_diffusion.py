@@ -467,3 +467,24 @@ def test_sample_with_partial_params_does_not_recompile():
                      (2, 4, 4, 3), sampler='ddim', num_steps=5)
     traces.append(diffusion._sample_scan._cache_size())
   assert traces[0] == traces[-1]
+
+
+@pytest.mark.parametrize('prediction', diffusion.PREDICTIONS)
+def test_edm_weighting_is_edms_loss_for_every_prediction(prediction):
+  # NVlabs/edm training/loss.py EDMLoss: weight = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 on the
+  # squared error of the denoised image D(x / alpha; sigma), at sigma = sqrt(1 - alpha_bar) / sqrt(alpha_bar).
+  ref = in_float64(diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule='squaredcos_cap_v2'))
+  x0, noise, _ = arrays(9)
+  t = np.array([0, 40, 500, 990], np.int32)
+  model = lambda x_t, tt: 0.5 * x_t + 0.1
+  ours = diffusion.loss_fn(model, schedules.make_schedule('cosine'), x0, t, noise, prediction=prediction,
+                           loss_weighting='edm')
+  alpha_bar = ref.alphas_cumprod.numpy()[t][:, None, None, None]
+  alpha, sigma_vp = np.sqrt(alpha_bar), np.sqrt(1 - alpha_bar)
+  x_t = alpha * np.float64(x0) + sigma_vp * np.float64(noise)
+  output = 0.5 * x_t + 0.1
+  denoised = {'eps': (x_t - sigma_vp * output) / alpha, 'x0': output, 'v': alpha * x_t - sigma_vp * output}[prediction]
+  sigma = sigma_vp / alpha
+  weight = (sigma**2 + 0.5**2) / (sigma * 0.5)**2
+  expected = np.mean(weight * np.mean((denoised - np.float64(x0))**2, axis=(1, 2, 3), keepdims=True))
+  np.testing.assert_allclose(float(ours), expected, rtol=1e-4)

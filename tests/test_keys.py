@@ -24,6 +24,7 @@ def streams() -> dict:
       'noise': key_rows(keys.noise_key, steps),
       'dropout': key_rows(keys.dropout_key, steps),
       'offset noise': key_rows(keys.offset_noise_key, steps),
+      'label dropout': key_rows(keys.label_dropout_key, steps),
       'microbatch dropout': key_rows(keys.microbatch_dropout_key, steps, np.arange(MICROBATCHES)),
       'device data order': key_rows(keys.device_order_key, steps),
       'device data flips': key_rows(keys.device_flip_key, steps),
@@ -42,7 +43,7 @@ def test_no_two_streams_give_the_same_key():
   _, first, counts = np.unique(everything, axis=0, return_index=True, return_counts=True)
   repeated = first[counts > 1]
   assert not len(repeated), f'{len(repeated)} keys repeat, e.g. one of {owners[repeated[0]]}'
-  assert len(everything) == (6 + MICROBATCHES) * STEPS + 2 * BATCHES + 11 * BATCHES
+  assert len(everything) == (7 + MICROBATCHES) * STEPS + 2 * BATCHES + 11 * BATCHES
 
 
 def test_splits_of_a_stream_do_not_land_on_another_stream():

@@ -51,7 +51,9 @@ def test_sample_mode_writes_grid_and_npz(trained, tmp_path):
   run(workdir, mode='sample')
   npz = glob.glob(os.path.join(workdir, 'samples', 'sample_step_4_*.npz'))
   assert [os.path.basename(path) for path in npz] == ['sample_step_4_ddim5.npz']
-  images = np.load(npz[0])['images']
+  with np.load(npz[0]) as arrays:
+    assert arrays.files == ['images']  # an unconditional model's samples have no labels
+    images = arrays['images']
   assert images.shape == (6, 8, 8, 3) and images.dtype == np.uint8
   assert os.path.exists(npz[0][:-4] + '.png')
   with pytest.raises(ValueError, match=r'no checkpoint at step 3 .*available: \[2, 4\]'):

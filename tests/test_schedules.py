@@ -154,3 +154,29 @@ def test_zero_terminal_snr_with_eps_prediction_is_a_one_line_config_error():
                               "the noise carries no information about the image; use diffusion.prediction='v' or 'x0'")
   for prediction in ('v', 'x0'):
     checks.check_diffusion(convert.with_values(config, {'diffusion.prediction': prediction}))
+
+
+@pytest.mark.parametrize('shift', [2 * math.log(64 / 16), -1.5])
+def test_logsnr_shift_moves_every_timesteps_log_snr_by_the_shift(shift):
+  # Simple diffusion's shifted cosine (Hoogeboom et al. 2023): log-SNR_shifted(t) = log-SNR(t) + shift,
+  # checked on the iDDPM closed form alpha_bar(t) = cos^2((t/T + s) / (1 + s) pi / 2) / that at 0, in float64.
+  T, s = 1000, 0.008
+  steps = np.arange(1, T + 1) / T
+  f = lambda u: np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+  alpha_bar = np.clip(f(steps) / f(0.0), 1e-12, None)
+  expected = np.log(alpha_bar) - np.log1p(-alpha_bar) + shift
+  betas = schedules.shift_logsnr(schedules.cosine_betas(T), shift)
+  got_bar = np.cumprod(1.0 - betas)
+  got = np.log(got_bar) - np.log1p(-got_bar)
+  # The cosine betas are capped at 0.999 near t = T, where alpha_bar leaves the closed form: compare before.
+  np.testing.assert_allclose(got[:990], expected[:990], rtol=0, atol=1e-9)
+  shifted = schedules.make_schedule('cosine', T, logsnr_shift=shift)
+  np.testing.assert_allclose(np.asarray(shifted.betas, np.float64), betas, rtol=1e-6)
+
+
+def test_logsnr_shift_zero_is_the_schedule_itself_and_zero_terminal_snr_stays_pure_noise():
+  for name in schedules.SCHEDULE_NAMES:
+    np.testing.assert_array_equal(schedules.make_schedule(name, 100, logsnr_shift=0.0).betas,
+                                  schedules.make_schedule(name, 100).betas)
+  shifted = schedules.make_schedule('cosine', 100, zero_terminal_snr=True, logsnr_shift=2.0)
+  assert float(shifted.alphas_cumprod[-1]) == 0.0 and np.all(np.isfinite(np.asarray(shifted.posterior_mean_coef1)))

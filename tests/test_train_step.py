@@ -279,3 +279,88 @@ def test_bad_step_options_are_one_line_errors(overrides, devices, message):
     checks.check_batch(runs.tiny_config(overrides), device_count=devices)  # batch 8
   assert '\n' not in str(error.value)
   checks.check_batch(runs.tiny_config({'training.grad_accum_steps': 2}), device_count=4)
+
+
+# --- class-conditional batches: label dropout (training.label_dropout) ---
+
+# One level, no attention: compiles in half TINY's time. 3 classes, the null class 3.
+CONDITIONAL = UNetConfig(base_channels=8, channel_mults=(1,), num_res_blocks=1, attention_resolutions=(),
+                         num_groups=4, dropout=0.0, num_classes=3)
+
+
+def labelled_batch(labels=None):
+  labels = np.arange(16) % 3 if labels is None else labels
+  return dict(fixed_batch(), label=jnp.asarray(labels, jnp.int32))
+
+
+def test_label_dropout_nulls_its_fraction_from_its_own_key_and_the_same_at_every_call():
+  rng, labels = jax.random.PRNGKey(1), jnp.asarray(np.arange(4096) % 3, jnp.int32)
+  objective = train_step.Objective(label_dropout=0.25, null_label=3)
+  dropped = np.asarray(train_step.drop_labels(rng, 5, labels, objective))
+  null = dropped == 3
+  assert abs(null.mean() - 0.25) < 0.03  # 4096 draws: a standard deviation of 0.007
+  np.testing.assert_array_equal(dropped[~null], np.asarray(labels)[~null])
+  np.testing.assert_array_equal(null, jax.random.bernoulli(keys.label_dropout_key(rng, 5), 0.25, (4096,)))
+  np.testing.assert_array_equal(train_step.drop_labels(rng, 5, labels, objective), dropped)  # as a resumed run
+  assert not np.array_equal(train_step.drop_labels(rng, 6, labels, objective), dropped)
+  np.testing.assert_array_equal(train_step.drop_labels(rng, 5, labels, train_step.Objective(null_label=3)), labels)
+  assert train_step.drop_labels(rng, 5, None, objective) is None
+  with pytest.raises(ValueError, match=r'^training.label_dropout=1.0 must lie in \[0, 1\)$'):
+    train_step.Objective(label_dropout=1.0).check()
+
+
+def test_a_batch_without_labels_trains_the_program_of_before_whatever_the_label_dropout():
+  scale = lambda variables, x_t, t, train, rngs: variables['params'] * x_t  # a stand-in model: the step is checked
+  optimizer = train_step.make_optimizer(3e-3, 0, 1.0)
+  state, batch = train_step.create_train_state(jnp.ones(()), optimizer, jax.random.PRNGKey(1)), fixed_batch()
+  program = lambda objective: str(jax.make_jaxpr(lambda s, b: train_step.train_step(
+      s, b, apply_fn=scale, schedule=schedules.make_schedule('linear', 100), optimizer=optimizer,
+      objective=objective))(state, batch))
+  assert program(train_step.Objective(ema_decay=0.9)) == program(
+      train_step.Objective(ema_decay=0.9, label_dropout=0.3, null_label=5))
+
+
+@pytest.fixture(scope='module')
+def conditional_steps():
+  """Returns (fresh copies of the 3-class tiny U-Net's state after one step, its step, its 4-microbatch step).
+
+  Both steps drop half the labels. The state has taken 3 steps: at initialisation the zero-initialised
+  output conv (and each residual block's last conv, until the output conv moved) hide the class embedding.
+  """
+  model, mesh = UNet(CONDITIONAL), sharding.make_mesh()
+  optimizer = train_step.make_optimizer(3e-3, 0, 1.0)
+  state = train_step.create_train_state(train_step.init_params(model, 8, seed=0), optimizer, jax.random.PRNGKey(1))
+  state = sharding.replicate(state, mesh)
+  make = lambda k: train_step.make_train_step(
+      model.apply, schedules.make_schedule('linear', 100), optimizer,
+      train_step.Objective(ema_decay=0.9, ema_warmup=False, grad_accum_steps=k, label_dropout=0.5, null_label=3),
+      batch_sharding=sharding.batch_sharded(mesh))
+  step, accumulating = make(1), make(4)
+  state, _ = run_steps(step, state, labelled_batch(), 3)
+  return (lambda: jax.tree_util.tree_map(jnp.copy, state)), step, accumulating
+
+
+def test_the_step_trains_kept_labels_and_the_null_class_for_the_dropped_ones(conditional_steps):
+  fresh, step, _ = conditional_steps
+  state = fresh()
+  labels = np.arange(16) % 3
+  dropped = np.asarray(train_step.drop_labels(state.rng, state.step, labels, train_step.Objective(
+      label_dropout=0.5, null_label=3))) == 3
+  assert 0 < dropped.sum() < 16
+  loss = lambda batch_labels: float(step(fresh(), labelled_batch(batch_labels))[1]['loss'])
+  reference = loss(labels)
+  assert loss(np.where(dropped, 3, labels)) == reference  # the dropped rows train the null class
+  assert loss(np.where(dropped, (labels + 1) % 3, labels)) == reference  # whatever their labels were
+  assert loss(np.where(dropped, labels, (labels + 1) % 3)) != reference  # the kept rows train their own class
+
+
+def test_four_microbatches_with_labels_equal_one_step_on_the_whole_batch(conditional_steps, adam_atol):
+  fresh, whole_step, step = conditional_steps
+  whole, accumulated = fresh(), fresh()
+  for _ in range(2):
+    whole, whole_metrics = whole_step(whole, labelled_batch())
+    accumulated, metrics = step(accumulated, labelled_batch())
+    for name in ('loss', 'grad_norm'):  # as for unlabelled microbatches above
+      np.testing.assert_allclose(float(metrics[name]), float(whole_metrics[name]), rtol=3e-5)
+  assert tree_max_diff(accumulated.params, whole.params) < adam_atol(3e-3, 16 * 64)
+  assert tree_max_diff(accumulated.params['class_embed'], fresh().params['class_embed']) > 1e-3

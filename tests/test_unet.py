@@ -205,6 +205,9 @@ def test_config_normalises_lists_to_tuples():
     ({'num_heads': 3}, 32, 'model.num_heads=3'),
     ({'dtype': 'float64'}, 32, "model.dtype='float64'"),
     ({'attention_impl': 'flash'}, 32, "model.attention_impl='flash'"),
+    ({'num_head_channels': 48}, 32, 'model.num_head_channels=48 does not divide 256 channels'),
+    ({'num_head_channels': 0}, 32, 'model.num_head_channels=0 must be -1'),
+    ({'time_embedding': 'edm'}, 32, "model.time_embedding='edm'"),
 ])
 def test_validate_names_the_bad_value(overrides, image_size, fragment):
   config = dataclasses.replace(CIFAR_CONFIG, **overrides)
@@ -218,3 +221,34 @@ def test_validate_accepts_good_configs():
   CIFAR_CONFIG.validate(32)
   TINY_8PX.validate(8)
   TINY_16PX.validate(16)
+
+
+# ADM's options at once (Dhariwal & Nichol 2021): AdaGN, residual up/downsampling, 4-channel heads, its sinusoids.
+TINY_ADM = dataclasses.replace(TINY_16PX, scale_shift_norm=True, resblock_updown=True, num_head_channels=4,
+                               time_embedding='adm', attention_resolutions=(16, 8), num_classes=3)
+
+
+def test_adm_timestep_embedding_matches_closed_form():
+  emb = timestep_embedding(jnp.array([0, 7], jnp.int32), 8, 'adm')
+  # guided-diffusion's: frequencies 10000**(-i/4), cos half then sin half.
+  freqs = 10000.0**(-np.arange(4) / 4)
+  expected = np.concatenate([np.cos(np.outer([0, 7], freqs)), np.sin(np.outer([0, 7], freqs))], 1)
+  np.testing.assert_allclose(np.asarray(emb), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_at_several_resolutions_matches_closed_form():
+  config = dataclasses.replace(TINY_16PX, attention_resolutions=(16, 8, 4))
+  assert count_params(param_shapes(config, 16, 3)) == closed_form_params(config, 16, 3) > \
+      count_params(param_shapes(TINY_16PX, 16, 3))
+
+
+def test_adm_options_shape_the_blocks_and_keep_remat_names():
+  shapes = param_shapes(TINY_ADM, 16)
+  temb_dim = 4 * TINY_ADM.base_channels
+  # AdaGN: the embedding projects to a scale and a shift per channel.
+  assert shapes['down']['level0_res0']['temb_proj']['kernel'].shape == (temb_dim, 2 * 16)
+  # A residual block downsamples (no strided conv) and upsamples (no upsampling conv).
+  assert set(shapes['down']['level0_downsample']) == {'norm1', 'conv1', 'temb_proj', 'norm2', 'conv2'}
+  assert set(shapes['up']['level1_upsample']) == {'norm1', 'conv1', 'temb_proj', 'norm2', 'conv2'}
+  assert param_shapes(dataclasses.replace(TINY_ADM, remat=True), 16) == shapes
+  TINY_ADM.validate(16)

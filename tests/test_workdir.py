@@ -25,7 +25,7 @@ def test_first_start_writes_config_json(tmp_path):
 
 
 @pytest.mark.parametrize('overrides', [
-    {'model__base_channels': 64}, {'diffusion__schedule': 'cosine'}, {'diffusion__loss': 'mae'},
+    {'model__base_channels': 64}, {'diffusion__schedule': 'linear'}, {'diffusion__loss': 'mae'},
     {'data__image_size': 32}, {'training__learning_rate': 1e-4}, {'training__batch_size': 128}])
 def test_a_change_to_what_is_trained_is_refused_with_the_differences(tmp_path, overrides):
   workdir_lib.record_config(str(tmp_path), config(), {})
@@ -136,3 +136,17 @@ def test_quickstart_eval_is_the_workdirs_config_with_a_small_evaluation(trained)
   changes = workdir_lib.check_config(trained, config, has_checkpoints=True)  # raises on a change of what is trained
   assert changes and all(key.startswith('eval.') for key in changes)
   assert (config.eval.num_samples, config.eval.num_reference) == (160, 160)
+
+
+def test_class_names_are_recorded_by_label_id_and_read_back(tmp_path):
+  assert workdir_lib.read_class_names(str(tmp_path)) == ()  # an unconditional run records none
+  names = ('apple_pie', 'baby_back_ribs', 'crème brûlée')
+  workdir_lib.write_class_names(str(tmp_path), list(names))
+  with open(tmp_path / 'classes.json', encoding='utf-8') as f:
+    assert json.load(f) == list(names)
+  assert workdir_lib.read_class_names(str(tmp_path)) == names
+  assert os.listdir(tmp_path) == ['classes.json']
+  (tmp_path / 'classes.json').write_text('{"cat": 0}')
+  with pytest.raises(ValueError, match='must hold a JSON list of class names') as raised:
+    workdir_lib.read_class_names(str(tmp_path))
+  assert '\n' not in str(raised.value)

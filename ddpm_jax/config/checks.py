@@ -9,7 +9,7 @@ import jax
 
 from ddpm_jax import data
 from ddpm_jax.config import schema
-from ddpm_jax.core import schedules, sharding, timesteps
+from ddpm_jax.core import sampler, schedules, sharding, timesteps
 
 
 def check_sampler(key: str, settings, schedule: schedules.Schedule) -> None:
@@ -79,9 +79,37 @@ def check_phema(config: schema.Config) -> None:
                      'e.g. --config.training.phema_sigma_rels="(0.05, 0.1)"')
 
 
+def check_guidance(config: schema.Config) -> None:
+  """Raises ValueError for a bad guidance interval, guidance or labels on an unconditional model, or a bad class id.
+
+  training.label_dropout is not among them: an unconditional model's batches carry no labels, so
+  its dropout (0.1 by default) has nothing to drop and is ignored. Class names in sampling.labels
+  are checked when the dataset's names are known (`sampler.resolve_labels`).
+  """
+  s, e, num_classes = config.sampling, config.eval, config.model.num_classes
+  for prefix, scale, interval in (('sampling', s.guidance_scale, s.guidance_interval),
+                                  ('eval', e.guidance_scale, e.guidance_interval)):
+    sampler.Guidance(scale, tuple(interval)).check(config.diffusion.num_timesteps, prefix)
+  if not num_classes:
+    asked = [f'{key}={value!r}' for key, value, default in (
+        ('sampling.guidance_scale', s.guidance_scale, 1.0), ('sampling.guidance_interval', s.guidance_interval, ()),
+        ('sampling.labels', s.labels, ()), ('eval.guidance_scale', e.guidance_scale, 1.0),
+        ('eval.guidance_interval', e.guidance_interval, ()), ('eval.guidance_scales', e.guidance_scales, ()))
+        if value != default]
+    if asked:
+      raise ValueError(f'{asked[0]} needs a class-conditional model, but model.num_classes=0 (unconditional); set '
+                       "model.num_classes to the dataset's class count, or leave the key at its default")
+    return
+  for label in s.labels:
+    if not isinstance(label, str) and not 0 <= label < num_classes:
+      raise ValueError(f'sampling.labels={tuple(s.labels)!r}: class {label} is out of range for model.num_classes='
+                       f'{num_classes}; valid: ids 0..{num_classes - 1} or class names')
+
+
 def validate_config(config: schema.Config) -> None:
   """Raises ValueError with a one-line message at the first rule across keys that the config breaks."""
   check_diffusion(config)
+  check_guidance(config)
   check_batch(config)
   check_model(config)
   check_logging(config)

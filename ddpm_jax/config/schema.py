@@ -50,7 +50,9 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
   """The forward process and the training objective."""
-  schedule: str = option('linear', 'noise schedule (trained: diffusion.trained_betas)', choices=SCHEDULES)
+  # Cosine: the study's best schedule, and the one benchmarks/learning_efficiency.py measured v on; the study's
+  # configs (and cifar10_ddpm, DDPM's) pin their own.
+  schedule: str = option('cosine', 'noise schedule (trained: diffusion.trained_betas)', choices=SCHEDULES)
   trained_betas: tuple[float, ...] = option((), "schedule='trained': the T betas themselves (what an import of "
                                             'other betas sets)', low=0.0, high=1.0, low_open=True)
   num_timesteps: int = option(1000, 'T, the number of diffusion steps', low=2)
@@ -59,22 +61,26 @@ class DiffusionConfig:
   # v learns real photographs ~2x closer to their statistics than eps at equal steps, and closer than v with Min-SNR
   # (benchmarks/learning_efficiency.py); the study's configs (configs/study.py) pin eps, as the study trained.
   prediction: str = option('v', 'what the network predicts', choices=diffusion.PREDICTIONS)
-  loss_weighting: str = option('none', "per-example loss weight (min_snr: Hang et al. 2023's Min-SNR-gamma)",
+  loss_weighting: str = option('none', "per-example loss weight (min_snr: Hang et al. 2023's Min-SNR-gamma; edm: Karras et al. "
+                               "2022's lambda(sigma), sigma_data 0.5)",
                                choices=diffusion.LOSS_WEIGHTINGS)
   min_snr_gamma: float = option(5.0, "min_snr's gamma: SNR clipped at gamma", low=0.0, low_open=True)
   offset_noise: float = option(0.0, 'std of a per-image, per-channel constant added to the training noise '
                                '(0 = off; 0.1 is common)', low=0.0)
+  logsnr_shift: float = option(0.0, "add this to the schedule's log-SNR at every timestep (> 0 = less noise; "
+                               "simple diffusion's 2 ln(64 / image_size) for small images: +2.77 at 16 px)")
   zero_terminal_snr: bool = option(False, 'rescale the schedule so alpha_bar_T = 0 (Lin et al. 2023); needs '
                                    'prediction v or x0')
 
   def build_schedule(self) -> schedules.Schedule:
     """Returns the noise schedule: a named one, or schedule='trained''s own betas (what imports set)."""
     if self.schedule != 'trained':
-      return schedules.make_schedule(self.schedule, self.num_timesteps, zero_terminal_snr=self.zero_terminal_snr)
+      return schedules.make_schedule(self.schedule, self.num_timesteps, zero_terminal_snr=self.zero_terminal_snr,
+                                     logsnr_shift=self.logsnr_shift)
     if len(self.trained_betas) != self.num_timesteps:
       raise ValueError(f"diffusion.schedule='trained' needs diffusion.trained_betas of diffusion.num_timesteps="
                        f'{self.num_timesteps} values; it has {len(self.trained_betas)}')
-    betas = self.trained_betas
+    betas = schedules.shift_logsnr(self.trained_betas, self.logsnr_shift) if self.logsnr_shift else self.trained_betas
     return schedules.schedule_from_betas(schedules.rescale_zero_terminal_snr(betas) if self.zero_terminal_snr
                                          else betas)
 

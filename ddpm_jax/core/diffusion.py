@@ -20,7 +20,8 @@ from ddpm_jax.core.timesteps import (SAMPLERS, TIMESTEP_SPACINGS, check_choice, 
 
 LOSSES = ('mse', 'mae', 'huber')
 VARIANCES = ('beta_tilde', 'beta')
-LOSS_WEIGHTINGS = ('none', 'min_snr')
+LOSS_WEIGHTINGS = ('none', 'min_snr', 'edm')
+EDM_SIGMA_DATA = 0.5  # Karras et al. (2022)'s sigma_data for images in [-1, 1]
 
 
 def broadcast_to_rank(values: jnp.ndarray, ndim: int) -> jnp.ndarray:
@@ -109,12 +110,32 @@ def min_snr_weights(schedule: Schedule, t, prediction, gamma=5.0) -> jnp.ndarray
   raise ValueError(f'unknown prediction {prediction!r}; valid: {", ".join(PREDICTIONS)}')
 
 
+def edm_weights(schedule: Schedule, t, prediction) -> jnp.ndarray:
+  """Returns EDM's per-example loss weights (Karras et al. 2022, sigma_data = 0.5) for a model of the prediction type.
+
+  EDM weights the x0 error by lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 at noise level
+  sigma^2 = 1 / SNR, so its preconditioned network's target has unit variance at every level: in x0
+  units SNR + 1 / sigma_data^2 = SNR + 4, divided here by each prediction's own x0 factor (eps: SNR,
+  v: SNR + 1), so eps, x0 and v train the same objective (eps's weight explodes as SNR -> 0: use v or
+  x0). Uniform timesteps, not EDM's log-normal noise levels: this is the weighting alone.
+  """
+  snr = signal_to_noise(schedule, t)
+  x0_weight = snr + 1.0 / EDM_SIGMA_DATA**2
+  if prediction == 'eps':
+    return x0_weight / jnp.maximum(snr, 1e-20)
+  if prediction == 'x0':
+    return x0_weight
+  if prediction == 'v':
+    return x0_weight / (snr + 1.0)
+  raise ValueError(f'unknown prediction {prediction!r}; valid: {", ".join(PREDICTIONS)}')
+
+
 def loss_fn(model_fn: Callable, schedule: Schedule, x0, t, noise, *, loss='mse', prediction='eps',
             huber_delta=1.0, loss_weighting='none', min_snr_gamma=5.0):
   """Returns the mean training loss of model_fn(x_t, t) against its prediction target.
 
-  loss_weighting='min_snr' averages each example's loss over its pixels, weights it by
-  `min_snr_weights(..., min_snr_gamma)`, then averages over the batch.
+  loss_weighting='min_snr' (or 'edm') averages each example's loss over its pixels, weights it by
+  `min_snr_weights(..., min_snr_gamma)` (or `edm_weights`), then averages over the batch.
   """
   check_choice('loss_weighting', loss_weighting, LOSS_WEIGHTINGS)
   x_t = q_sample(schedule, x0, t, noise)
@@ -124,7 +145,9 @@ def loss_fn(model_fn: Callable, schedule: Schedule, x0, t, noise, *, loss='mse',
   if loss_weighting == 'none':
     return jnp.mean(elementwise)  # one mean over every element: the loss bit for bit as before weighting existed
   per_example = jnp.mean(elementwise, axis=tuple(range(1, elementwise.ndim)))
-  return jnp.mean(min_snr_weights(schedule, t, prediction, min_snr_gamma) * per_example)
+  weights = (edm_weights(schedule, t, prediction) if loss_weighting == 'edm'
+             else min_snr_weights(schedule, t, prediction, min_snr_gamma))
+  return jnp.mean(weights * per_example)
 
 
 def _predict_x0_eps(schedule, model_output, t, x_t, prediction, clip_denoised):

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 # Training purposes, folded in after the step.
-_TIMESTEPS, _NOISE, _DROPOUT, _OFFSET_NOISE, _MICROBATCH_DROPOUT = 0, 1, 2, 3, 4
+_TIMESTEPS, _NOISE, _DROPOUT, _OFFSET_NOISE, _MICROBATCH_DROPOUT, _LABEL_DROPOUT = 0, 1, 2, 3, 4, 5
 # Other purposes, folded in first (offset by _RESERVED), then the index.
 _RESERVED = 2**31
 _GRID, _EVAL, _SAMPLE, _DEVICE_ORDER, _DEVICE_FLIP = 3, 4, 5, 6, 7
@@ -78,6 +78,11 @@ def microbatch_dropout_key(rng, step, microbatch):
   Its own purpose, not a fold-in of `dropout_key`: that key's splits are Flax's to take.
   """
   return jax.random.fold_in(_training_key(rng, step, _MICROBATCH_DROPOUT), microbatch)
+
+
+def label_dropout_key(rng, step):
+  """Returns the key of training step `step`'s choice of the examples trained with the null class (label dropout)."""
+  return _training_key(rng, step, _LABEL_DROPOUT)
 
 
 def _reserved_key(rng, purpose: int, index):

@@ -7,6 +7,11 @@ what the uninterrupted run would have drawn.
 With grad_accum_steps = k > 1 one optimizer step runs k microbatches in a `lax.scan`
 (memory of one microbatch), its timesteps and noise drawn for the whole batch as with
 k = 1; with float16 compute the state carries a dynamic loss scale (`loss_scale`).
+
+A class-conditional batch ({'image', 'label'}) trains a `label_dropout` fraction of its
+examples with the null class (classifier-free guidance needs the unconditional model too),
+chosen with `keys.label_dropout_key`; a batch without 'label' draws and computes exactly
+what it did before labels existed.
 """
 import dataclasses
 import functools
@@ -57,6 +62,8 @@ class Objective:
   ema_warmup: bool = True
   grad_accum_steps: int = 1  # microbatches per optimizer step
   phema_sigma_rels: tuple = ()  # the power-function EMAs the state tracks (post-hoc EMA), one per sigma_rel
+  label_dropout: float = 0.0  # labelled batches: the fraction of examples trained with the null class
+  null_label: int = 0  # the null class's id (model.num_classes); unused without labels
 
   def check(self) -> None:
     """Returns None; raises a one-line ValueError for an unknown loss or prediction or a bad microbatch count."""
@@ -68,6 +75,10 @@ class Objective:
       raise ValueError(f'training.grad_accum_steps={k!r} must be an integer >= 1')
     for sigma_rel in self.phema_sigma_rels:
       phema.check_sigma_rel(sigma_rel, 'training.phema_sigma_rels')
+    if not 0.0 <= self.label_dropout < 1.0:  # also refuses NaN
+      raise ValueError(f'training.label_dropout={self.label_dropout!r} must lie in [0, 1)')
+    if isinstance(self.null_label, bool) or not isinstance(self.null_label, int) or self.null_label < 0:
+      raise ValueError(f'null_label={self.null_label!r} must be an integer >= 0 (model.num_classes)')
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -123,11 +134,29 @@ def draw_noise(rng, step, x0, offset_noise: float):
   return noise + offset_noise * jax.random.normal(keys.offset_noise_key(rng, step), offset_shape, x0.dtype)
 
 
-def loss_and_grads(params, x0, t, noise, dropout_key, *, apply_fn: Callable, schedule: Schedule,
+def drop_labels(rng, step, labels, objective: Objective):
+  """Returns the labels with each replaced by objective.null_label with probability label_dropout; None stays None."""
+  if labels is None:
+    return None
+  labels = jnp.asarray(labels, jnp.int32)
+  if not objective.label_dropout:  # no draw
+    return labels
+  dropped = jax.random.bernoulli(keys.label_dropout_key(rng, step), objective.label_dropout, labels.shape)
+  return jnp.where(dropped, jnp.int32(objective.null_label), labels)
+
+
+def loss_and_grads(params, x0, t, noise, dropout_key, labels=None, *, apply_fn: Callable, schedule: Schedule,
                    objective: Objective, scale=None):
-  """Returns (the mean loss on x0, its gradient), the gradient multiplied by `scale` when one is given."""
+  """Returns (the mean loss on x0 of classes labels, its gradient), the gradient multiplied by `scale` if given.
+
+  labels=None calls the model without labels, as before class conditioning existed.
+  """
   def compute_loss(params):
-    model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs={'dropout': dropout_key})
+    rngs = {'dropout': dropout_key}
+    if labels is None:
+      model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, train=True, rngs=rngs)
+    else:
+      model_fn = lambda x_t, tt: apply_fn({'params': params}, x_t, tt, labels, train=True, rngs=rngs)
     return diffusion.loss_fn(model_fn, schedule, x0, t, noise, loss=objective.loss, prediction=objective.prediction,
                              huber_delta=objective.huber_delta, loss_weighting=objective.loss_weighting,
                              min_snr_gamma=objective.min_snr_gamma)
@@ -153,13 +182,14 @@ def split_microbatches(tree, count: int):
 
 
 def accumulated_loss_and_grads(loss_and_grads_fn: Callable, params, x0, t, noise, dropout_key_of: Callable,
-                               count: int, batch_sharding=None):
-  """Returns (the mean loss, the mean gradient) over `count` microbatches of (x0, t, noise), one at a time.
+                               count: int, batch_sharding=None, labels=None):
+  """Returns (the mean loss, the mean gradient) over `count` microbatches of (x0, t, noise, labels), one at a time.
 
   A `lax.scan`, so only one microbatch's activations are alive; each microbatch's dropout key is
   `dropout_key_of(index)`. With `batch_sharding`, each microbatch is split across its devices.
+  labels (int32 [B] or None) are split with the rest.
   """
-  microbatches = split_microbatches((x0, t, noise), count)
+  microbatches = split_microbatches((x0, t, noise) + (() if labels is None else (labels,)), count)
   if batch_sharding is not None:
     stacked = NamedSharding(batch_sharding.mesh, PartitionSpec(None, *batch_sharding.spec))
     microbatches = jax.lax.with_sharding_constraint(microbatches, stacked)
@@ -168,7 +198,8 @@ def accumulated_loss_and_grads(loss_and_grads_fn: Callable, params, x0, t, noise
     index, microbatch = inputs
     if batch_sharding is not None:
       microbatch = jax.lax.with_sharding_constraint(microbatch, batch_sharding)
-    value, grads = loss_and_grads_fn(params, *microbatch, dropout_key_of(index))
+    x0_part, t_part, noise_part, *labels_part = microbatch  # labels_part: [] or [labels of the microbatch]
+    value, grads = loss_and_grads_fn(params, x0_part, t_part, noise_part, dropout_key_of(index), *labels_part)
     return jax.tree_util.tree_map(jnp.add, total, (value, grads)), None
 
   zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
@@ -179,24 +210,25 @@ def accumulated_loss_and_grads(loss_and_grads_fn: Callable, params, x0, t, noise
 
 def train_step(state: TrainState, batch, *, apply_fn: Callable, schedule: Schedule,
                optimizer: optax.GradientTransformation, objective: Objective, batch_sharding=None):
-  """Returns (the state after one optimizer step on batch['image'], a dict of scalar metrics).
+  """Returns (the state after one optimizer step on batch['image'] of classes batch['label'], its scalar metrics).
 
-  Timesteps and noise are drawn for the whole batch, then split into grad_accum_steps
-  microbatches; with state.loss_scale (float16 compute) the loss is scaled and an
-  overflowing step skipped.
+  Timesteps, noise and label dropout are drawn for the whole batch, then split into
+  grad_accum_steps microbatches; with state.loss_scale (float16 compute) the loss is scaled
+  and an overflowing step skipped. A batch without 'label' trains the unconditional model.
   """
   x0 = batch['image']
   t = jax.random.randint(keys.timesteps_key(state.rng, state.step), (x0.shape[0],), 0, schedule.num_timesteps)
   noise = draw_noise(state.rng, state.step, x0, objective.offset_noise)
+  labels = drop_labels(state.rng, state.step, batch.get('label'), objective)
   scale = None if state.loss_scale is None else state.loss_scale.scale
   grads_fn = functools.partial(loss_and_grads, apply_fn=apply_fn, schedule=schedule, objective=objective,
                                scale=scale)
   if objective.grad_accum_steps == 1:  # the step of earlier versions, key for key
-    loss_value, grads = grads_fn(state.params, x0, t, noise, keys.dropout_key(state.rng, state.step))
+    loss_value, grads = grads_fn(state.params, x0, t, noise, keys.dropout_key(state.rng, state.step), labels)
   else:
     dropout_key_of = lambda index: keys.microbatch_dropout_key(state.rng, state.step, index)
     loss_value, grads = accumulated_loss_and_grads(grads_fn, state.params, x0, t, noise, dropout_key_of,
-                                                   objective.grad_accum_steps, batch_sharding)
+                                                   objective.grad_accum_steps, batch_sharding, labels)
   if scale is not None:
     grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
   return apply_gradients(state, loss_value, grads, optimizer=optimizer, ema_decay=objective.ema_decay,
@@ -254,15 +286,16 @@ def make_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.Gra
 
 def make_device_data_train_step(apply_fn: Callable, schedule: Schedule, optimizer: optax.GradientTransformation,
                                 objective: Objective, *, batch_size: int, flip: bool, batch_sharding):
-  """Returns the jitted step `(state, images on device) -> (state, metrics)` that draws its own batch.
+  """Returns the jitted step `(state, data on device) -> (state, metrics)` that draws its own batch.
 
-  The batch (rows, flips) comes from `device_data.device_batch` with the run's base key,
-  split across devices by `batch_sharding`; the state is donated, the images are not.
+  The batch (rows, flips, and labels when the data carry them) comes from
+  `device_data.device_batch` with the run's base key, split across devices by
+  `batch_sharding`; the state is donated, the data are not.
   """
   objective.check()
 
-  def step(state: TrainState, images):
-    batch = device_data.device_batch(images, state.step, state.rng, batch_size=batch_size, flip=flip)
+  def step(state: TrainState, data):
+    batch = device_data.device_batch(data, state.step, state.rng, batch_size=batch_size, flip=flip)
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return train_step(state, batch, apply_fn=apply_fn, schedule=schedule, optimizer=optimizer, objective=objective,
                       batch_sharding=batch_sharding)

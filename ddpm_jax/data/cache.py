@@ -37,17 +37,23 @@ def cache_root(data_dir: str, default_root: str) -> str:
 
 
 class CachedImages:
-  """A grain random-access source of uint8 [size, size, 3] rows of a cache file.
+  """A grain random-access source of uint8 [size, size, 3] rows of a cache file, and their labels.
 
   `indices`, if given, selects (and orders) the rows, so several splits can
   share one file. The memmap is opened lazily and dropped when pickled, so a
   source sent to grain worker processes carries a path, not the images.
+  `labels_path`, if given, is an int .npy of one class id per file row (-1: none),
+  `class_names` the classes' names by id; () when the dataset has no labels.
   """
 
-  def __init__(self, path: str, indices: Sequence[int] | None = None):
+  def __init__(self, path: str, indices: Sequence[int] | None = None, *,
+               labels_path: str | None = None, class_names: Sequence[str] = ()):
     self.path = path
     self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+    self.labels_path = labels_path
+    self.class_names = tuple(class_names)
     self._images = None
+    self._labels = None
     self._len = len(self.indices) if self.indices is not None else len(self._array())
 
   def _array(self) -> np.ndarray:
@@ -75,8 +81,21 @@ class CachedImages:
     rows = [self._row(int(i)) for i in indices]
     return list(self._array()[rows])
 
+  def read_labels(self, indices: Sequence[int]) -> np.ndarray:
+    """Returns int32 [len(indices)]: the class id of each image at `indices` (-1 where it has none)."""
+    if self.labels_path is None:
+      raise ValueError(f'{self.path} was cached without labels (by an older version); delete it to rebuild it '
+                       'with them.')
+    if self._labels is None:
+      self._labels = np.load(self.labels_path)
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if indices.size and not (-self._len <= indices.min() and indices.max() < self._len):
+      raise IndexError(f'indices out of range for {self._len} images')
+    rows = indices if self.indices is None else self.indices[indices]
+    return self._labels[rows].astype(np.int32)
+
   def __getstate__(self) -> dict:
-    return {**self.__dict__, '_images': None}
+    return {**self.__dict__, '_images': None, '_labels': None}
 
   def __repr__(self) -> str:
     # Stable across runs: grain checks it when restoring a checkpoint.

@@ -4,6 +4,9 @@
   own unlabelled folder, FID against the training images is the standard
   reference (as for FFHQ or LSUN); there is no held-out set to carve.
 - Order: sorted by path relative to PATH, so a folder always reads the same.
+- Labels: an image's class is its first-level subfolder (`PATH/<class>/...`, at
+  any depth below it); the classes are those subfolders' names, sorted. Images
+  directly in PATH have none (-1): an error when labels are asked for.
 - Extensions are matched case-insensitively. Hidden files and directories
   (a name starting with '.', e.g. macOS `._photo.jpg` companions) are not
   read; other non-image files are ignored, with a count in the log. Symlinked
@@ -15,16 +18,20 @@
   Photos are turned upright by their EXIF orientation tag, as viewers show
   them. (TFDS images are not: TFDS's own decoder ignores the tag.)
 - Cache: `<root>/folder/<folder name>-<hash of its absolute path>/
-  <size>px-<fingerprint>.npy`, <root> as in `cache.py` (by default
+  <size>px-<fingerprint>.npy` and its labels `<size>px-<fingerprint>_labels.npy`,
+  <root> as in `cache.py` (by default
   ~/.cache/ddpm_jax; never inside PATH unless data.data_dir points there).
   The fingerprint covers every image's relative path, size and mtime, so
   adding, removing or replacing a file builds a new cache. Caches of older
-  versions of the folder are left in place and may be deleted freely.
+  versions of the folder are left in place and may be deleted freely. A cache
+  written before labels were cached serves unlabelled reads as it is and is
+  rebuilt, with labels, the first time labels are asked for.
 """
 import hashlib
 import os
 
 from absl import logging
+import numpy as np
 
 from ddpm_jax import paths
 from ddpm_jax.data import cache
@@ -36,8 +43,11 @@ _EXAMPLES_LOGGED = 5
 
 
 def folder_source(path: str, split: str, *, image_size: int, data_dir: str,
-                  strict: bool, seed: int) -> cache.CachedImages:
-  """Returns a random-access source of uint8 [image_size, image_size, 3] images of folder `path`."""
+                  strict: bool, seed: int, with_labels: bool = False) -> cache.CachedImages:
+  """Returns a random-access source of uint8 [image_size, image_size, 3] images of folder `path`, and their classes.
+
+  with_labels: raise a one-line ValueError if an image lies directly in `path` (it has no class).
+  """
   del seed  # both splits are the whole folder in sorted order: nothing is random
   if split not in SPLITS:
     raise ValueError(f'Unknown split {split!r} for folder:{path}; valid splits: {SPLITS}.')
@@ -46,12 +56,38 @@ def folder_source(path: str, split: str, *, image_size: int, data_dir: str,
   if not files:
     raise ValueError(
         f'folder:{path} holds no images ({", ".join(IMAGE_EXTENSIONS)}, at any depth).')
+  names, labels = classes_of(files)
+  if with_labels:
+    _check_all_in_classes(path, files, labels)
   cache_path = _cache_path(root, files, image_size, data_dir)
-  if os.path.exists(cache_path):
+  labels_path = cache_path[:-len('.npy')] + '_labels.npy'
+  if os.path.exists(cache_path) and (os.path.exists(labels_path) or not with_labels):
     logging.info('folder:%s: reading %s', path, cache_path)
   else:
-    _build_cache(root, files, cache_path, image_size=image_size, strict=strict)
-  return cache.CachedImages(cache_path)
+    if os.path.exists(cache_path):
+      logging.info('folder:%s: %s was cached without labels; rebuilding it with them', path, cache_path)
+    _build_cache(root, files, labels, cache_path, labels_path, image_size=image_size, strict=strict)
+  # A cache of an older version has no labels file: its images are read as they are, its labels cannot be.
+  has_labels = os.path.exists(labels_path)
+  return cache.CachedImages(cache_path, labels_path=labels_path if has_labels else None, class_names=names)
+
+
+def classes_of(files: list[str]) -> tuple[tuple[str, ...], list[int]]:
+  """Returns (class names: the first-level subfolders, sorted; each file's class id, -1 for files in the root)."""
+  firsts = [relative.split(os.sep)[0] if os.sep in relative else None for relative in files]
+  names = tuple(sorted({first for first in firsts if first is not None}))
+  ids = {name: index for index, name in enumerate(names)}
+  return names, [ids[first] if first is not None else -1 for first in firsts]
+
+
+def _check_all_in_classes(path: str, files: list[str], labels: list[int]) -> None:
+  """Returns None if every image lies in a class subfolder; else a one-line ValueError naming some that do not."""
+  in_root = [relative for relative, label in zip(files, labels) if label < 0]
+  if in_root:
+    raise ValueError(
+        f'folder:{path} has {len(in_root)} images directly in it (e.g. {in_root[:3]}), which have no class: '
+        'a class-conditional run (model.num_classes > 0) reads each image\'s class from its first-level '
+        'subfolder (PATH/<class>/...); move them into class subfolders, or set model.num_classes=0.')
 
 
 def _existing_folder(path: str) -> str:
@@ -97,9 +133,13 @@ def _cache_path(root: str, files: list[str], image_size: int, data_dir: str) -> 
                       f'{image_size}px-{fingerprint(root, files)[:16]}.npy')
 
 
-def _build_cache(root: str, files: list[str], cache_path: str, *, image_size: int,
-                 strict: bool) -> None:
-  """Returns None; decodes every file of `root` into `cache_path`, skipping or failing on bad ones."""
+def _build_cache(root: str, files: list[str], labels: list[int], cache_path: str, labels_path: str, *,
+                 image_size: int, strict: bool) -> None:
+  """Returns None; decodes every file of `root` into `cache_path`, skipping or failing on bad ones.
+
+  The labels of the images kept go to `labels_path`, written after the images: a cache
+  with a labels file is complete.
+  """
   skipped = []
 
   def decode(relative: str):
@@ -123,4 +163,7 @@ def _build_cache(root: str, files: list[str], cache_path: str, *, image_size: in
   if count == 0:
     os.remove(cache_path)
     raise ValueError(f'folder:{root} has no readable images; all {len(files)} failed to decode.')
+  unread = set(skipped)
+  kept_labels = [label for relative, label in zip(files, labels) if relative not in unread]
+  cache.save_atomic(labels_path, np.asarray(kept_labels, np.int64))
   logging.info('%s: cached %d images at %s', root, count, cache_path)

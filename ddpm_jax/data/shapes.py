@@ -3,11 +3,13 @@
 Images are drawn on the fly from (seed, split, index) at any resolution, with
 no files and no TensorFlow, so tests and smoke runs need nothing on disk. The
 data are deliberately easy (3 shapes, 6 colours, 4 backgrounds) so that a tiny
-U-Net learns them in a few hundred CPU steps.
+U-Net learns them in a few hundred CPU steps. Each image's class is its
+shape's kind (`SHAPE_KINDS`: 'circle', 'square', 'triangle').
 """
 import dataclasses
 import functools
 import operator
+from typing import ClassVar
 
 import numpy as np
 
@@ -62,6 +64,13 @@ def uniforms(seed: int, split: str, indices, num: int) -> np.ndarray:
   fields = np.arange(num, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03)
   bits = _splitmix64(per_index[:, None] ^ fields[None, :])
   return (bits >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def shape_kinds(seed: int, split: str, indices) -> np.ndarray:
+  """Returns int32 [len(indices)]: each image's shape kind, an index into SHAPE_KINDS (its class label)."""
+  indices = np.asarray(indices, np.int64).reshape(-1)
+  # Field 0 of the image's uniforms, as `_image_params` reads it (field k does not depend on how many are drawn).
+  return (uniforms(seed, split, indices, 1)[:, 0] * len(SHAPE_KINDS)).astype(np.int32)
 
 
 def _image_params(u: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
@@ -141,8 +150,10 @@ def render_shapes(seed: int, split: str, indices, image_size: int) -> np.ndarray
 class ShapesSource:
   """A grain random-access source of `shapes` images (uint8 [size, size, 3]).
 
-  Frozen and tiny, so it pickles cheaply into grain worker processes.
+  Frozen and tiny, so it pickles cheaply into grain worker processes. Labels:
+  the shape's kind, named by `class_names`.
   """
+  class_names: ClassVar[tuple[str, ...]] = SHAPE_KINDS
   image_size: int
   split: str = 'train'
   seed: int = 0
@@ -160,3 +171,7 @@ class ShapesSource:
     if not 0 <= index < len(self):
       raise IndexError(f'shapes index {index} out of range [0, {len(self)}).')
     return render_shapes(self.seed, self.split, [index], self.image_size)[0]
+
+  def read_labels(self, indices) -> np.ndarray:
+    """Returns int32 [len(indices)]: the class (shape kind) of each image at `indices`."""
+    return shape_kinds(self.seed, self.split, indices)

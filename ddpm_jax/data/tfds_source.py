@@ -8,8 +8,13 @@ Splits
   'test' is TFDS's 'validation'; without either, 'test' is a 2% hold-out of
   TFDS's 'train' chosen from data.split_seed, and 'train' is the other 98%.
 
+Labels: the ClassLabel feature named 'label', or else the dataset's only
+ClassLabel feature; its names are the source's `class_names`. A dataset with
+neither has no labels (class_names ()).
+
 Cache: `<root>/tfds/<name>[/<config>]/<version>/<TFDS split>_<size>px.npy`
-plus `<TFDS split>_labels.npy` (-1 where there is no 'label' feature); <root>
+plus `<TFDS split>_labels.npy` (-1 where there is no label feature; for a
+label feature of another name, `<TFDS split>_labels_<feature>.npy`); <root>
 as in `cache.py`, by default `<TFDS data dir>/ddpm_jax_cache`. The cache holds
 whole TFDS splits; a seeded hold-out is a list of rows over it, so another
 seed costs no rebuild.
@@ -57,15 +62,34 @@ def tfds_source(name: str, split: str, *, image_size: int, data_dir: str, seed: 
   if builder.name not in STUDY_SPLITS:  # resolving the split needs TFDS's split list
     _prepare(builder, name, download)
   tfds_split, holdout = resolve_split(builder.name, split, set(builder.info.splits.keys()))
-  images_path, labels_path = _cache_paths(builder, tfds_split, image_size, data_dir)
+  feature = label_feature(builder.info.features)
+  images_path, labels_path = _cache_paths(builder, tfds_split, image_size, data_dir, feature)
   if os.path.exists(images_path) and os.path.exists(labels_path):
     logging.info('tfds:%s: reading %s', name, images_path)
   else:
     _prepare(builder, name, download)
-    _build_cache(builder, tfds_split, images_path, labels_path, image_size)
+    _build_cache(builder, tfds_split, images_path, labels_path, image_size, feature)
+  labelled = dict(labels_path=labels_path, class_names=class_names(builder.info.features, feature))
   if holdout is None:
-    return cache.CachedImages(images_path)
-  return cache.CachedImages(images_path, split_rows(split, holdout, np.load(labels_path), seed))
+    return cache.CachedImages(images_path, **labelled)
+  return cache.CachedImages(images_path, split_rows(split, holdout, np.load(labels_path), seed), **labelled)
+
+
+def label_feature(features: tfds.features.FeaturesDict) -> str | None:
+  """Returns the name of the feature that holds each example's class: 'label' or the only ClassLabel; else None."""
+  class_labels = [key for key in features.keys() if isinstance(features[key], tfds.features.ClassLabel)]
+  if 'label' in class_labels:
+    return 'label'
+  if len(class_labels) == 1:
+    return class_labels[0]
+  return 'label' if 'label' in features.keys() else None  # what the cache has always recorded
+
+
+def class_names(features: tfds.features.FeaturesDict, feature: str | None) -> tuple[str, ...]:
+  """Returns the names of `feature`'s classes, by id; () when it is not a ClassLabel (no labels)."""
+  if feature is None or not isinstance(features[feature], tfds.features.ClassLabel):
+    return ()
+  return tuple(features[feature].names)
 
 
 def _hide_gpus_from_tensorflow() -> None:
@@ -185,19 +209,21 @@ def per_class_holdout(labels: np.ndarray, per_class: int, rng: np.random.Generat
 
 
 def _cache_paths(builder: tfds.core.DatasetBuilder, tfds_split: str, image_size: int,
-                 data_dir: str) -> tuple[str, str]:
-  """Returns the paths of the image cache and the label file of one TFDS split."""
+                 data_dir: str, feature: str | None) -> tuple[str, str]:
+  """Returns the paths of the image cache and the label file (of `feature`) of one TFDS split."""
   default_root = os.path.join(tfds.core.constants.DATA_DIR, 'ddpm_jax_cache')
   directory = os.path.join(cache.cache_root(data_dir, default_root), 'tfds',
                            *builder.info.full_name.split('/'))
+  # 'label' (or none) keeps the name caches always had, so they are read as they are.
+  labels_name = 'labels' if feature in (None, 'label') else f'labels_{feature}'
   return (os.path.join(directory, f'{tfds_split}_{image_size}px.npy'),
-          os.path.join(directory, f'{tfds_split}_labels.npy'))
+          os.path.join(directory, f'{tfds_split}_{labels_name}.npy'))
 
 
 def _build_cache(builder: tfds.core.DatasetBuilder, tfds_split: str, images_path: str,
-                 labels_path: str, image_size: int) -> None:
-  """Returns None; decodes one TFDS split into the image cache and its labels file."""
-  wanted = {'image': True, **({'label': True} if 'label' in builder.info.features.keys() else {})}
+                 labels_path: str, image_size: int, feature: str | None) -> None:
+  """Returns None; decodes one TFDS split into the image cache and its labels file (`feature`, -1 if None)."""
+  wanted = {'image': True, **({feature: True} if feature else {})}
   # Images stay encoded in TFDS: PIL decodes them in threads (at a reduced
   # JPEG scale), as it does for folders, so both readers preprocess alike.
   # Other features (masks, boxes, attributes) are not read at all.
@@ -209,7 +235,7 @@ def _build_cache(builder: tfds.core.DatasetBuilder, tfds_split: str, images_path
 
   def encoded_images():
     for example in tfds.as_numpy(dataset):
-      labels.append(example.get('label', _NO_LABEL))
+      labels.append(example[feature] if feature else _NO_LABEL)
       yield example['image']
 
   decode = functools.partial(preprocess.decode_image, image_size=image_size)

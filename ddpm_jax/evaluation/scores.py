@@ -10,6 +10,7 @@ from absl import logging
 from ddpm_jax import data, paths
 from ddpm_jax.config import schema
 from ddpm_jax.core import keys
+from ddpm_jax.core import sampler as sampler_lib
 from ddpm_jax.evaluation import protocol as eval_protocol
 from ddpm_jax.evaluation import reference_stats
 from ddpm_jax.evaluation.reference_stats import content_digest, weights_digest  # noqa: F401  # used here; live there
@@ -36,11 +37,20 @@ def check_setup(config: schema.Config, force: bool = False) -> None:
     reference_stats.check(config)
 
 
-def settings(config: schema.Config) -> dict:
-  """Returns what makes metrics comparable: the sampler, its steps, the variance and the sample count."""
+def settings(config: schema.Config, guidance_scale: float | None = None) -> dict:
+  """Returns what makes metrics comparable: the sampler, its steps, the variance and the sample count.
+
+  A class-conditional run's also say how its samples were conditioned: balanced classes, the guidance w
+  (eval.guidance_scale, or `guidance_scale`) and its interval.
+  """
   e = config.eval
-  return {'sampler': e.sampling.sampler, 'sampling_steps': e.sampling.num_steps, 'variance': e.sampling.variance,
-          'eta': e.sampling.eta, 'timestep_spacing': e.sampling.timestep_spacing, 'num_samples': e.num_samples}
+  sampler = {'sampler': e.sampling.sampler, 'sampling_steps': e.sampling.num_steps, 'variance': e.sampling.variance,
+             'eta': e.sampling.eta, 'timestep_spacing': e.sampling.timestep_spacing, 'num_samples': e.num_samples}
+  if not config.model.num_classes:
+    return sampler
+  guidance = components_lib.eval_guidance(config, guidance_scale)
+  return {**sampler, 'num_classes': config.model.num_classes, 'labels': 'balanced',
+          'guidance_scale': guidance.scale, 'guidance_interval': list(guidance.interval)}
 
 
 def make_evaluation(config: schema.Config, components: components_lib.Components, force: bool = False):
@@ -66,11 +76,20 @@ class Evaluation:
     if metrics_lib.needs_inception(config.eval.metrics):
       self.extractor = fidelity.load_inception(config.eval.inception_weights, fidelity.default_device())
       self.inception = fidelity.inception_record(config.eval.inception_weights)  # which weights scored
-    self.sampler = components_lib.make_sampler(config, components.model, components.schedule, components.mesh,
-                                               config.eval.sampling)
+    self.components, self.samplers = components, {}
+    self.sampler = self.sampler_of(None)
     path = config.eval.reference_stats
     self.reference_file = reference_stats.open_file(path) if path else None
     self._reference = None
+
+  def sampler_of(self, guidance_scale: float | None) -> sampler_lib.Sampler:
+    """Returns the evaluation's sampler at guidance w = guidance_scale (None: eval.guidance_scale), built once per w."""
+    guidance = components_lib.eval_guidance(self.config, guidance_scale)
+    if guidance not in self.samplers:
+      c = self.components
+      self.samplers[guidance] = components_lib.make_sampler(self.config, c.model, c.schedule, c.mesh,
+                                                            self.config.eval.sampling, guidance)
+    return self.samplers[guidance]
 
   def reference(self) -> reference.Reference:
     """Returns the reference set: eval.reference_stats's, else the split's features, computed on first use."""
@@ -85,27 +104,31 @@ class Evaluation:
                                total=e.num_samples, seed=self.config.seed, metric_seed=e.metric_seed,
                                progress=self.progress)
 
-  def evaluate(self, params, rng) -> dict:
+  def evaluate(self, params, rng, guidance_scale: float | None = None) -> dict:
     """Returns the metrics of eval.num_samples samples of params, streamed batch by batch, plus the settings.
 
-    Batch i's noise is `keys.eval_key(rng, i)`: the same at every step, so metric curves are less noisy.
+    Batch i's noise is `keys.eval_key(rng, i)`: the same at every step, so metric curves are less noisy. A
+    class-conditional model draws every class equally often (sample i is class i mod K), guided by
+    eval.guidance_scale, or by `guidance_scale` (a sweep's w).
     """
-    e = self.config.eval
+    e, sampler = self.config.eval, self.sampler_of(guidance_scale)
+    k = self.config.model.num_classes
+    labels = sampler_lib.balanced_labels(e.num_samples, k) if k else None
     # The paper protocol's Inception runs in full float32 (no TF32), as the papers' did.
     with fidelity.full_float32() if e.protocol == 'paper' else contextlib.nullcontext():
       scorer = self.scorer()
-      batches = self.sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size)
+      batches = sampler.batches(params, lambda i: keys.eval_key(rng, i), e.num_samples, e.batch_size, labels)
       # The samples and their features stream: memory holds one batch of images at a time. One line estimates
       # the whole from the first batch; a terminal shows a bar.
       batches = progress_lib.timed_batches(batches, -(-e.num_samples // e.batch_size),
-                                           f'Evaluating {e.num_samples} samples ({self.sampler.name})')
+                                           f'Evaluating {e.num_samples} samples ({sampler.name})')
       for batch in batches:
         scorer.update(convert.to_torch_uint8_nchw(batch))
       result = scorer.result()
     source = {} if self.reference_file is None else reference_stats.settings(self.reference_file,
                                                                                self.config.data.image_size)
-    return {**result, **settings(self.config), **eval_protocol.settings(self.config), **source, **self.inception,
-            'metric_settings': scorer.settings()}
+    return {**result, **settings(self.config, guidance_scale), **eval_protocol.settings(self.config), **source,
+            **self.inception, 'metric_settings': scorer.settings()}
 
   def evaluate_and_write(self, state, workdir: str, step: int, writer=None) -> dict:
     """Evaluates the EMA params of state; writes workdir/eval/step_<N>.json and eval/* scalars."""
@@ -201,7 +224,14 @@ _SAMPLER_SETTINGS = {'ddpm': ('variance',), 'ddim': ('eta', 'timestep_spacing'),
 
 
 def sampler_summary(metrics: dict) -> str:
-  """Returns e.g. 'ddpm 1000 steps, beta_tilde', 'ddim 100 steps, eta 0, leading' or 'dpmpp_2m 20 steps'."""
+  """Returns e.g. 'ddpm 1000 steps, beta_tilde', 'ddim 100 steps, eta 0, leading' or 'dpmpp_2m 20 steps'.
+
+  A guided evaluation's ends with its guidance, e.g. ', guidance w 3' or ', guidance w 3 at t 100-700'.
+  """
   shown = [f'eta {metrics[key]:g}' if key == 'eta' else str(metrics[key])
            for key in _SAMPLER_SETTINGS.get(metrics['sampler'], ()) if key in metrics]
+  if 'guidance_scale' in metrics:
+    interval = metrics.get('guidance_interval') or ()
+    where = f' at t {interval[0]}-{interval[1]}' if interval else ''
+    shown.append(f'guidance w {metrics["guidance_scale"]:g}{where}')
   return ', '.join([f'{metrics["sampler"]} {metrics["sampling_steps"]} steps', *shown])

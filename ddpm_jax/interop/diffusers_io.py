@@ -20,14 +20,16 @@ from ddpm_jax.config import convert, schema
 from ddpm_jax.core.models.unet import UNet, UNetConfig
 from ddpm_jax.interop import diffusers_layout
 from ddpm_jax.interop import diffusers_scheduler
+from ddpm_jax.interop import diffusers_weights
 
 WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 # What a DDPM pipeline needs from the Hub: configs and weights; never code or other variants.
 HUB_PATTERNS = ['model_index.json', 'config.json', 'scheduler_config.json', *WEIGHT_FILES,
                 'unet/config.json', *(f'unet/{name}' for name in WEIGHT_FILES), 'scheduler/scheduler_config.json']
 _HUB_ID = re.compile(r'[A-Za-z0-9][\w.-]*/[\w.-]+')
-_MODEL_KEYS = ('base_channels', 'channel_mults', 'num_res_blocks', 'attention_resolutions', 'num_heads', 'dropout',
-               'num_groups', 'norm_eps')
+_MODEL_KEYS = ('base_channels', 'channel_mults', 'num_res_blocks', 'attention_resolutions', 'num_heads',
+               'num_head_channels', 'dropout', 'num_groups', 'norm_eps', 'scale_shift_norm', 'resblock_updown',
+               'time_embedding', 'num_classes')
 
 
 def fetch_from_hub(repo_id: str, cache_dir: str | None = None) -> str:
@@ -108,7 +110,8 @@ def from_diffusers(source: str, base_config=None, cache_dir: str | None = None) 
   ConfigDict; default: every key at its default) gives every section the source does not describe.
   """
   model_dir, scheduler_path = locate(source, cache_dir)
-  unet, image_size = diffusers_layout.unet_config_from_diffusers(read_json(os.path.join(model_dir, 'config.json')))
+  unet_json = read_json(os.path.join(model_dir, 'config.json'))
+  unet, image_size = diffusers_layout.unet_config_from_diffusers(unet_json)
   settings = diffusers_scheduler.settings_from_scheduler(read_json(scheduler_path) if scheduler_path else None)
   if scheduler_path is None:
     logging.warning('%s has no scheduler config: assuming DDPMScheduler\'s defaults (linear, T=1000, eps).', source)
@@ -121,7 +124,13 @@ def from_diffusers(source: str, base_config=None, cache_dir: str | None = None) 
                  if key in ('sampling.variance', 'sampling.clip_denoised')})
   values['eval.sampling.num_steps'] = min(config.eval.sampling.num_steps, settings['diffusion.num_timesteps'])
   config = convert.with_values(config, values)
-  params = diffusers_layout.params_from_diffusers(load_state_dict(model_dir), abstract_params(unet, image_size),
+  state_dict = load_state_dict(model_dir)
+  if unet.num_classes and not diffusers_layout.learned_null_class(unet_json):
+    # Not one of our exports: no row was trained as "no class", so guided sampling has nothing to guide from.
+    logging.warning('%s: %d classes and no null class; guidance (sampling.guidance_scale != 1) needs a null class '
+                    'this model never learned, so its row (id %d) is zeros.', source, unet.num_classes, unet.num_classes)
+    state_dict = diffusers_weights.with_zero_null_class(state_dict)
+  params = diffusers_weights.params_from_diffusers(state_dict, abstract_params(unet, image_size),
                                                   len(unet.channel_mults))
   return config, params
 
@@ -150,7 +159,7 @@ def to_diffusers(config: schema.Config, params, out_dir: str, card: str | None =
   unet = unet_config(config)
   unet_json = diffusers_layout.unet_config_to_diffusers(unet, config.data.image_size)
   scheduler_json = diffusers_scheduler.scheduler_from_settings(config)
-  state_dict = diffusers_layout.params_to_diffusers(jax.device_get(params), len(unet.channel_mults))
+  state_dict = diffusers_weights.params_to_diffusers(jax.device_get(params), len(unet.channel_mults))
   write_json(os.path.join(out_dir, 'unet', 'config.json'), {**unet_json, '_diffusers_version': '0.30.0'})
   save_file(state_dict, os.path.join(out_dir, 'unet', 'diffusion_pytorch_model.safetensors'),
             metadata={'format': 'pt'})
@@ -158,7 +167,7 @@ def to_diffusers(config: schema.Config, params, out_dir: str, card: str | None =
              {**scheduler_json, '_diffusers_version': '0.30.0'})
   write_json(os.path.join(out_dir, 'model_index.json'), model_index())
   with open(os.path.join(out_dir, 'README.md'), 'w') as f:
-    f.write(card or model_card(config, None, {}, diffusers_layout.count(state_dict)))
+    f.write(card or model_card(config, None, {}, diffusers_weights.count(state_dict)))
   return out_dir
 
 
@@ -169,7 +178,8 @@ def model_card(config: schema.Config, step: int | None, metrics: dict, num_param
   `newest_step`, when it is not `step`, is the newest checkpoint, which could not be read (the export fell back).
   """
   d, m = config.diffusion, config.model
-  lines = ['---', 'library_name: diffusers', 'tags: [ddpm, unconditional-image-generation, ddpm_jax]', '---', '',
+  kind = 'class-conditional' if m.num_classes else 'unconditional'
+  lines = ['---', 'library_name: diffusers', f'tags: [ddpm, {kind}-image-generation, ddpm_jax]', '---', '',
            '# DDPM U-Net trained with ddpm_jax', '',
            f'A {num_params:,}-parameter U-Net (base {m.base_channels} channels, multipliers '
            f'{tuple(m.channel_mults)}, attention at {tuple(m.attention_resolutions)} px) on `{config.data.dataset}` at '
@@ -177,10 +187,24 @@ def model_card(config: schema.Config, step: int | None, metrics: dict, num_param
            f'- diffusion: {d.schedule} schedule, T={d.num_timesteps}, predicts {d.prediction}, {d.loss} loss',
            f'- training: {config.training.num_steps} steps, batch {config.training.batch_size}, lr '
            f'{config.training.learning_rate}, EMA {config.training.ema_decay}, seed {config.seed}',
-           f'- exported: {exported(step, params, newest_step)}', '',
+           f'- exported: {exported(step, params, newest_step)}', *architecture_lines(m), '',
            '```python', 'from diffusers import DDPMPipeline', 'pipeline = DDPMPipeline.from_pretrained(PATH)',
-           'images = pipeline(batch_size=16).images', '```', '']
+           'images = pipeline(batch_size=16).images' if not m.num_classes else
+           'eps = pipeline.unet(x, t, class_labels=labels).sample  # DDPMPipeline passes no labels', '```', '']
   return '\n'.join(lines + evaluation_section(metrics, step))
+
+
+def architecture_lines(model: UNetConfig) -> list[str]:
+  """Returns the card's lines on the ADM options the U-Net uses and its classes (none for the DDPM network)."""
+  options = [name for name, on in (('scale-shift norm', model.scale_shift_norm),
+                                   ('residual up/downsampling', model.resblock_updown),
+                                   (f'{model.num_head_channels}-channel heads', model.num_head_channels != -1),
+                                   ('ADM timestep embedding', model.time_embedding == 'adm')) if on]
+  lines = [f'- ADM options: {", ".join(options)}'] if options else []
+  if model.num_classes:
+    lines.append(f'- classes: {model.num_classes}, plus the null class (id {model.num_classes}, the last row of '
+                 f'class_embedding; config key {diffusers_layout.NULL_CLASS_KEY}) for classifier-free guidance')
+  return lines
 
 
 def exported(step: int | None, params: str, newest_step: int | None) -> str:

@@ -104,13 +104,15 @@ def scheduler_from_settings(config) -> dict:
       'rescale_betas_zero_snr': bool(d.zero_terminal_snr),
       'beta_start': 0.0001, 'beta_end': 0.02, 'beta_schedule': 'linear', 'trained_betas': None,
   }
-  if d.schedule == 'linear':  # ours rescales by 1000 / T, so any T spans the same noise
+  if d.schedule == 'linear' and not d.logsnr_shift:  # ours rescales by 1000 / T, so any T spans the same noise
     scheduler.update(beta_start=1e-4 * 1000 / num_timesteps, beta_end=0.02 * 1000 / num_timesteps)
-  elif d.schedule == 'cosine':
+  elif d.schedule == 'cosine' and not d.logsnr_shift:
     scheduler.update(beta_schedule='squaredcos_cap_v2')
   else:
-    # The betas before any zero-terminal-SNR rescaling, which diffusers applies itself.
+    # The betas (log-SNR shifted, as trained) before any zero-terminal-SNR rescaling, which diffusers applies itself.
     betas = np.asarray(schedules.make_schedule(d.schedule, num_timesteps).betas, np.float64) \
         if d.schedule != 'trained' else np.asarray(d.trained_betas, np.float64)
+    if d.logsnr_shift:
+      betas = schedules.shift_logsnr(betas, d.logsnr_shift)
     scheduler.update(trained_betas=[float(b) for b in betas])
   return scheduler

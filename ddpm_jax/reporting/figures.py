@@ -122,11 +122,17 @@ def counts_differ(runs: list[events.Run]) -> bool:
   return len(set().union(*(sample_counts(run) for run in runs))) > 1
 
 
+def standin_mark(evaluations: list[dict]) -> str:
+  """Returns ' [stand-in Inception]' when any of the evaluations used stand-in Inception weights (their FID, KID,
+  IS and precision/recall compare with nothing), else ''."""
+  return ' [stand-in Inception]' if any(e.get('standin_inception') for e in evaluations) else ''
+
+
 def run_label(run: events.Run, show_n: bool) -> str:
-  """Returns the run's legend entry: its name, with its n (or n range) when show_n, marked when any of its
-  evaluations used stand-in Inception weights (their FID, KID, IS and precision/recall compare with nothing)."""
+  """Returns the run's legend entry: its name, with its n (or n range) when show_n, marked (standin_mark) when any
+  of its evaluations used stand-in Inception weights."""
   counts = sample_counts(run)
-  name = run.name + (' [stand-in Inception]' if any(e.get('standin_inception') for e in run.evals) else '')
+  name = run.name + standin_mark(run.evals)
   if not show_n or not counts:
     return name
   return f'{name} (n={counts[0]:,})' if len(counts) == 1 else f'{name} (n={counts[0]:,}–{counts[-1]:,})'

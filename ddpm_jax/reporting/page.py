@@ -17,7 +17,8 @@ from ddpm_jax.run import images
 
 CAPTIONS = {'loss.png': 'Training loss', 'metrics.png': 'Evaluation metrics against the training step',
             'schedules.png': 'Noise schedules', 'luminance.png': 'Luminance of the last evaluation\'s samples',
-            'phema.png': 'Post-hoc EMA: metrics against σ_rel'}
+            'phema.png': 'Post-hoc EMA: metrics against σ_rel',
+            'guidance.png': 'Classifier-free guidance: FID against w, the FID/IS and precision/recall trade-offs'}
 # samples.png shows the grids the page already shows at full size.
 SKIPPED = ('samples.png',)
 STYLE = """
@@ -53,17 +54,29 @@ def grid_png(path: str) -> bytes:
   return buffer.getvalue()
 
 
-def table_html(markdown: str) -> str:
-  """Returns table.md as HTML: its table, then each note line (warnings stand out)."""
-  rows = [line.strip().strip('|').split('|') for line in markdown.splitlines() if line.startswith('|')]
+def markdown_table_html(lines: list[str]) -> str:
+  """Returns one markdown table (its '|' lines) as an HTML table; the first line is its header."""
+  rows = [line.strip().strip('|').split('|') for line in lines]
   rows = [row for row in rows if not all(set(cell.strip()) <= set('-:') for cell in row)]  # the |---| line
   head = ''.join(f'<th>{html.escape(cell.strip())}</th>' for cell in rows[0]) if rows else ''
   body = ''.join('<tr>' + ''.join(f'<td>{html.escape(cell.strip())}</td>' for cell in row) + '</tr>'
                  for row in rows[1:])
-  notes = [line for line in markdown.splitlines() if line.strip() and not line.startswith('|')]
-  paragraphs = ''.join(f'<p class="{"warning" if note.startswith("Warning") else "note"}">{html.escape(note)}</p>'
-                       for note in notes)
-  return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>{paragraphs}'
+  return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def table_html(markdown: str) -> str:
+  """Returns table.md as HTML, in its order: each table, and each note line (warnings stand out)."""
+  parts, table = [], []
+  for line in markdown.splitlines() + ['']:  # the empty line ends a table that ends the file
+    if line.startswith('|'):
+      table.append(line)
+      continue
+    if table:
+      parts.append(markdown_table_html(table))
+      table = []
+    if line.strip():
+      parts.append(f'<p class="{"warning" if line.startswith("Warning") else "note"}">{html.escape(line)}</p>')
+  return ''.join(parts)
 
 
 def grids_html(runs: list[events.Run]) -> str:

@@ -4,7 +4,6 @@ One curve per run, at the run's newest swept step; a star marks the classic EMA'
 placed at its equivalent sigma_rel (the standard deviation of its averaging weights over the step).
 """
 import math
-import os
 
 from ddpm_jax import paths
 from ddpm_jax.core import phema
@@ -14,15 +13,7 @@ from ddpm_jax.reporting import runs as events
 
 def read_sweep(workdir: str) -> list[dict]:
   """Returns the run's eval/phema/step_<N>_sigma_<s>.json dicts at its newest swept step, by sigma_rel."""
-  directory = paths.Workdir(workdir).phema_evals
-  names = os.listdir(directory) if os.path.isdir(directory) else []
-  found = [(int(m.group(1)), os.path.join(directory, name)) for name in names
-           if (m := paths.PHEMA_EVAL_FILE.fullmatch(name))]
-  if not found:
-    return []
-  newest = max(step for step, _ in found)
-  sweep = [events.read_json(path) for step, path in found if step == newest]
-  return sorted(sweep, key=lambda evaluation: evaluation['sigma_rel'])
+  return events.newest_sweep(paths.Workdir(workdir).phema_evals, paths.PHEMA_EVAL_FILE, 'sigma_rel')
 
 
 def classic_ema_sigma_rel(config: dict, step: int) -> float:

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from ddpm_jax import paths
+from ddpm_jax.evaluation import guidance_sweep  # its file names (jax and absl, no torch)
 from eval_bridge import metrics as metrics_lib  # the registry alone: no torch
 
 
@@ -24,6 +25,7 @@ class Run:
   evals: list  # the eval/step_<N>.json dicts, by step
   grid_step: int | None  # step of the last samples/step_<N>.png
   grid_path: str | None
+  guidance: list = dataclasses.field(default_factory=list)  # the eval/guidance/ sweep at its newest step, by w
 
 
 def scalars(workdir: str) -> dict[str, dict[int, float]]:
@@ -115,24 +117,56 @@ def missing_keys(evaluation: dict, metrics: list[type[metrics_lib.Metric]]) -> l
   return partial + [key for key in ('num_samples',) if key not in evaluation]
 
 
+def read_evaluation(path: str, metrics: list[type[metrics_lib.Metric]], holds: str) -> dict:
+  """Returns the evaluation JSON at path; a damaged one (see missing_keys) is a one-line ValueError saying what an
+  evaluation `holds`."""
+  evaluation = read_json(path)
+  missing = missing_keys(evaluation, metrics)
+  if missing:
+    raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {holds}')
+  return evaluation
+
+
 def read_evals(workdir: str, config: dict) -> list[dict]:
   """Returns workdir's eval/step_<N>.json dicts by step; a damaged one (see missing_keys) is a one-line ValueError."""
-  evals, required = [], eval_keys(config, workdir)
+  holds = f'{", ".join(eval_keys(config, workdir))} (or all keys of some of these metrics)'
   metrics = metrics_lib.select(metric_names(config))
-  for step, path in sorted(files_by_step(paths.Workdir(workdir).evals, paths.EVAL_FILE).items()):
-    evaluation = read_json(path)
-    missing = missing_keys(evaluation, metrics)
-    if missing:
-      raise ValueError(f'{path} lacks {", ".join(missing)}; an evaluation holds {", ".join(required)} '
-                       '(or all keys of some of these metrics)')
-    evals.append(evaluation | {'step': step})
-  return evals
+  return [read_evaluation(path, metrics, holds) | {'step': step}
+          for step, path in sorted(files_by_step(paths.Workdir(workdir).evals, paths.EVAL_FILE).items())]
+
+
+def newest_sweep(directory: str, pattern: re.Pattern, key: str, read=read_json) -> list[dict]:
+  """Returns the evaluations of a sweep at its newest step, by `key`: read(path) of the JSONs in directory whose
+  names match pattern (group 1 the step, group 2 the swept value, which a JSON lacking `key` takes from its name)."""
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  found = [(int(m.group(1)), float(m.group(2)), os.path.join(directory, name)) for name in names
+           if (m := pattern.fullmatch(name))]
+  newest = max((step for step, _, _ in found), default=None)
+  sweep = [{'step': step, key: value} | read(path) for step, value, path in found if step == newest]
+  return sorted(sweep, key=lambda evaluation: evaluation[key])
+
+
+def sweep_metrics(evaluations: list[dict]) -> list[type[metrics_lib.Metric]]:
+  """Returns the registered metric plug-ins the evaluations hold (any key of theirs), in registry order.
+
+  A sweep under --mode=eval may choose other eval.metrics than config.json records (eval is free to change).
+  """
+  return [cls for cls in metrics_lib.REGISTRY.values() if any(k in e for e in evaluations for k in cls.keys)]
+
+
+def read_guidance(workdir: str) -> list[dict]:
+  """Returns the run's eval/guidance/step_<N>_w_<w>.json dicts at its newest swept step, by guidance_scale; one
+  lacking part of a metric, or holding none, is a one-line ValueError (missing_keys, over every plug-in)."""
+  metrics, holds = list(metrics_lib.REGISTRY.values()), 'num_samples and every key of each metric it scored'
+  return newest_sweep(guidance_sweep.guidance_evals(workdir), guidance_sweep.GUIDANCE_EVAL_FILE, 'guidance_scale',
+                      lambda path: read_evaluation(path, metrics, holds))
 
 
 def read_run(workdir: str, name: str) -> Run:
-  """Returns the Run of workdir: config, logged scalars, evaluations and the last sample grid."""
+  """Returns the Run of workdir: config, logged scalars, evaluations, the last sample grid and the guidance sweep."""
   check_workdir(workdir)
   grids = files_by_step(paths.Workdir(workdir).samples, paths.GRID_FILE)
   grid_step = max(grids, default=None)
   config = read_json(paths.Workdir(workdir).config_file)
-  return Run(name, config, scalars(workdir), read_evals(workdir, config), grid_step, grids.get(grid_step))
+  return Run(name, config, scalars(workdir), read_evals(workdir, config), grid_step, grids.get(grid_step),
+             read_guidance(workdir))

@@ -4,7 +4,8 @@
 
 Reads each workdir's config.json, event files (loss), eval/step_<N>.json (the metric plug-ins of eval.metrics,
 eval_bridge/metrics/) and samples/step_<N>.png; writes table.md, loss.png, metrics.png, schedules.png,
-luminance.png, samples.png and report.html (all of it on one self-contained page).
+luminance.png, samples.png and report.html (all of it on one self-contained page). After a post-hoc EMA sweep
+(eval/phema/) it adds phema.png, after a guidance sweep (eval/guidance/) guidance.png and a table of each w.
 """
 import functools
 import itertools
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from ddpm_jax.core.models.unet import UNet, UNetConfig, count_params
 from ddpm_jax.reporting import figures
+from ddpm_jax.reporting import guidance_figure
 from ddpm_jax.reporting import page
 from ddpm_jax.reporting import phema_figure
 from ddpm_jax.reporting import runs as events
@@ -106,7 +108,7 @@ def table_markdown(runs: list[events.Run]) -> str:
   notes += 'loss (…) = what the run changes of the study\'s ε-prediction training; ' if variants else ''
   lines += ['', f'last = the last evaluated step; best = the evaluated step with the {best}; n = generated samples '
             f'per evaluation; {notes}{MISSING} = not evaluated.']
-  if any(e.get('standin_inception') for run in runs for e in run.evals):
+  if any(e.get('standin_inception') for run in runs for e in run.evals + run.guidance):
     lines.append(f'{STANDIN} = scored with stand-in Inception weights (random, for smoke tests): comparable with no '
                  'real score.')
   settings = sorted(set().union(*(eval_settings(run) for run in runs)))
@@ -118,11 +120,34 @@ def table_markdown(runs: list[events.Run]) -> str:
   if len(counts) > 1:  # FID and KID are biased by n: a smaller n reads worse
     lines.append(f'Warning: the evaluations used different n ({", ".join(f"{n:,}" for n in counts)} samples); '
                  'FID and KID depend on n: compare them at equal n.')
-  return '\n'.join(lines) + '\n'
+  return '\n'.join(lines + guidance_markdown(runs)) + '\n'
+
+
+def guidance_cell(evaluation: dict) -> str:
+  """Returns the guidance w of an evaluation, with its interval where it had one: '3' or '3 at t 100-700'."""
+  interval = evaluation.get('guidance_interval')
+  return f'{evaluation[guidance_figure.W]:g}' + (f' at t {interval[0]}-{interval[1]}' if interval else '')
+
+
+def guidance_markdown(runs: list[events.Run]) -> list[str]:
+  """Returns the lines of table.md's guidance table: a row per run and w of each guidance sweep ([] if none)."""
+  swept = [run for run in runs if run.guidance]
+  if not swept:
+    return []
+  metrics = events.sweep_metrics([e for run in swept for e in run.guidance])
+  columns = [column for m in metrics for column in m.columns]
+  inception = [m.needs_inception for m in metrics for _ in m.columns]
+  header = ['run', 'guidance w', 'step', 'n', *(column.header for column in columns)]
+  rows = [[run.name, guidance_cell(e), *eval_cells(e, columns, inception)] for run in swept for e in run.guidance]
+  return ['', 'Guidance sweeps (eval/guidance/, --mode=eval with eval.guidance_scales; drawn in guidance.png): '
+          "each w's evaluation at the run's newest swept step.", '',
+          '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header),
+          *('| ' + ' | '.join(row) + ' |' for row in rows)]
 
 
 def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list[str]:
-  """Writes table.md, the five figures and report.html of the workdirs' runs into out; returns their paths."""
+  """Writes table.md, the five figures (with phema.png and guidance.png after such sweeps) and report.html of the
+  workdirs' runs into out; returns their paths."""
   for workdir in workdirs:  # every bad workdir is reported before any slow reading
     events.check_workdir(workdir)
   runs = [events.read_run(w, name) for w, name in zip(workdirs, run_names(workdirs))]
@@ -137,7 +162,8 @@ def write_report(workdirs: list[str], out: str, smoothing: float = 0.01) -> list
   figures.plot_luminance(runs, luminance)
   figures.plot_samples(runs, samples)
   swept = phema_figure.plot_sweeps(runs, workdirs, os.path.join(out, 'phema.png'))  # only after a post-hoc EMA sweep
-  paths += [swept] if swept else []
+  guided = guidance_figure.plot_sweeps(runs, os.path.join(out, 'guidance.png'))  # only after a guidance sweep
+  paths += [figure for figure in (swept, guided) if figure]
   with open(table) as f:  # as written, with the marks and warnings of table_markdown
     page_path = page.write_page(os.path.join(out, 'report.html'), runs, f.read(), paths)
   return [table, *paths, page_path]

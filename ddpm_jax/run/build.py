@@ -26,7 +26,8 @@ def objective(config: schema.Config) -> train_step.Objective:
   return train_step.Objective(loss=d.loss, prediction=d.prediction, loss_weighting=d.loss_weighting,
                               min_snr_gamma=d.min_snr_gamma, huber_delta=d.huber_delta, offset_noise=d.offset_noise,
                               ema_decay=t.ema_decay, ema_warmup=t.ema_warmup, grad_accum_steps=t.grad_accum_steps,
-                              phema_sigma_rels=tuple(t.phema_sigma_rels))
+                              phema_sigma_rels=tuple(t.phema_sigma_rels), label_dropout=t.label_dropout,
+                              null_label=config.model.num_classes)
 
 
 def build(config: schema.Config) -> Components:
@@ -44,15 +45,36 @@ def build(config: schema.Config) -> Components:
   else:
     step_fn = train_step.make_train_step(model.apply, schedule, optimizer, objective(config),
                                          batch_sharding=batch_sharding)
-  grid_sampler = make_sampler(config, model, schedule, mesh, config.sampling)
+  grid_sampler = make_sampler(config, model, schedule, mesh, config.sampling, sampling_guidance(config))
   learning_rate = train_step.learning_rate_schedule(t.learning_rate, t.warmup_steps)
   return Components(model, mesh, schedule, optimizer, learning_rate, step_fn, grid_sampler)
 
 
-def make_sampler(config: schema.Config, model: UNet, schedule, mesh, settings) -> sampler.Sampler:
-  """Returns the sampler of the model with the given settings (config.sampling, or an evaluation's)."""
+def sampling_guidance(config: schema.Config) -> sampler.Guidance:
+  """Returns config.sampling's classifier-free guidance (grids, --mode=sample); none for an unconditional model."""
+  s = config.sampling
+  return guidance_of(config, s.guidance_scale, s.guidance_interval)
+
+
+def eval_guidance(config: schema.Config, scale: float | None = None) -> sampler.Guidance:
+  """Returns the evaluation's guidance: eval.guidance_scale (or `scale`, one w of a sweep), eval.guidance_interval."""
+  e = config.eval
+  return guidance_of(config, e.guidance_scale if scale is None else scale, e.guidance_interval)
+
+
+def guidance_of(config: schema.Config, scale: float, interval) -> sampler.Guidance:
+  """Returns Guidance(scale, interval) for a class-conditional model; the plain sampler's for an unconditional one."""
+  if not config.model.num_classes:  # the checks refuse guidance there; the sampler stays today's
+    return sampler.Guidance()
+  return sampler.Guidance(float(scale), tuple(interval))
+
+
+def make_sampler(config: schema.Config, model: UNet, schedule, mesh, settings,
+                 guidance: sampler.Guidance = sampler.Guidance()) -> sampler.Sampler:
+  """Returns the sampler of the model with the given settings (config.sampling, or an evaluation's) and guidance."""
   return sampler.make_sampler(model.apply, schedule, settings, prediction=config.diffusion.prediction,
-                              image_size=config.data.image_size, mesh=mesh)
+                              image_size=config.data.image_size, mesh=mesh, guidance=guidance,
+                              null_label=config.model.num_classes)
 
 
 def initial_state(config: schema.Config, components: Components) -> train_step.TrainState:

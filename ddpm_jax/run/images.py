@@ -2,8 +2,10 @@
 import math
 import os
 
+from typing import Sequence
+
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from eval_bridge.convert import to_uint8
 
@@ -41,6 +43,35 @@ def make_grid(images_uint8: np.ndarray, padding: int = 2, columns: int | None = 
   return grid
 
 
+def make_class_grid(images_uint8: np.ndarray, row_names: Sequence[str], padding: int = 2,
+                    min_width: int = GRID_MIN_WIDTH) -> np.ndarray:
+  """Returns a grid with one row per name (the batch in row order, as many columns as fit) and the names at the left.
+
+  The samples' part is make_grid's, at least `min_width` pixels wide; the legend is a white strip before it.
+  """
+  rows = len(row_names)
+  columns = len(images_uint8) // rows
+  if not rows or columns * rows != len(images_uint8):
+    raise ValueError(f'a class grid of {len(row_names)} rows cannot hold {len(images_uint8)} images')
+  grid = make_grid(images_uint8, padding, columns=columns, min_width=min_width)
+  return with_legend(grid, row_names, padding)
+
+
+def with_legend(grid: np.ndarray, row_names: Sequence[str], padding: int) -> np.ndarray:
+  """Returns the grid of len(row_names) rows with a white strip at its left naming each row, centred on it."""
+  row_height = (grid.shape[0] - padding) // len(row_names) - padding
+  font = ImageFont.load_default(size=max(10, min(24, row_height // 3)))
+  margin = font.size // 2
+  width = math.ceil(max(font.getlength(name) for name in row_names)) + 2 * margin
+  canvas = Image.new('RGB', (width + grid.shape[1], grid.shape[0]), (255, 255, 255))
+  canvas.paste(Image.fromarray(grid), (width, 0))
+  draw = ImageDraw.Draw(canvas)
+  for row, name in enumerate(row_names):
+    middle = padding + row * (row_height + padding) + row_height / 2
+    draw.text((margin, middle), name, fill=(0, 0, 0), font=font, anchor='lm')
+  return np.asarray(canvas)
+
+
 def save_png(path: str, image_uint8: np.ndarray) -> None:
   """Writes an HWC uint8 image as a PNG, atomically (a temp file renamed into place)."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
@@ -49,9 +80,14 @@ def save_png(path: str, image_uint8: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def save_samples(directory: str, name: str, images) -> tuple[str, np.ndarray]:
-  """Writes images in [-1, 1] as directory/name.png (an enlarged grid); returns the path and the raw uint8 batch."""
+def save_samples(directory: str, name: str, images,
+                 row_names: Sequence[str] = ()) -> tuple[str, np.ndarray, np.ndarray]:
+  """Writes images in [-1, 1] as directory/name.png; returns the path, the raw uint8 batch and the PNG's image.
+
+  The PNG is an enlarged grid: near-square, or with `row_names` one row per name, named in a legend.
+  """
   images_uint8 = to_uint8(images)
   path = os.path.join(directory, f'{name}.png')
-  save_png(path, make_grid(images_uint8))
-  return path, images_uint8
+  grid = make_class_grid(images_uint8, row_names) if row_names else make_grid(images_uint8)
+  save_png(path, grid)
+  return path, images_uint8, grid

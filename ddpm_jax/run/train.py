@@ -10,11 +10,11 @@ from ddpm_jax import data
 from ddpm_jax import errors
 from ddpm_jax import paths
 from ddpm_jax.config import convert, schema
-from ddpm_jax.core import keys, train_step
+from ddpm_jax.core import sampler, train_step
 from ddpm_jax.core.models.unet import count_params
 from ddpm_jax.run import build as components_lib
 from ddpm_jax.run import checkpoints
-from ddpm_jax.run import images
+from ddpm_jax.run import grids
 from ddpm_jax.run import phema_snapshots
 from ddpm_jax.run import progress
 from ddpm_jax.run import workdir as workdir_lib
@@ -35,21 +35,6 @@ def open_workdir(config: schema.Config, workdir: str, allow_config_change: bool 
 def is_time(step: int, every: int, num_steps: int) -> bool:
   """Returns whether a periodic action is due after `step` (always at the last step)."""
   return step == num_steps or (every > 0 and step % every == 0)
-
-
-def write_grid(config, components: components_lib.Components, state, workdir: str, writer, step: int) -> str | None:
-  """Samples the EMA params, writes workdir/samples/step_<N>.png and an image summary; returns the path.
-
-  Every process samples (the params span them all); only process 0 writes, and the others return None.
-  """
-  n = config.training.num_grid_samples
-  grid_samples = components.sampler.sample(state.ema_params, keys.grid_key(state.rng, 0), n)
-  if jax.process_index() != 0:
-    return None
-  path, images_uint8 = images.save_samples(paths.Workdir(workdir).samples, f'step_{step}', grid_samples)
-  writer.write_images(step, {'samples': images.make_grid(images_uint8)[None]})
-  logging.info('Wrote %s', path)
-  return path
 
 
 def mean_of_finite(values) -> float:
@@ -95,9 +80,17 @@ def restore_or_init(config, components: components_lib.Components, manager) -> t
 
 
 def check_data(config: schema.Config) -> None:
-  """Returns None once the train split (and the eval split, when evaluations read it) opens with images."""
+  """Returns None once the train split (and the eval split, when evaluations read it) opens with images.
+
+  A class-conditional run's dataset must have labels, model.num_classes classes of them, and the class
+  names in sampling.labels must be its (or --mode=sample would refuse them only after training).
+  """
   reads_eval_split = config.eval.every_steps and not config.eval.reference_stats
-  data.check_dataset(config.data, ('train',) + ((config.data.eval_split,) if reads_eval_split else ()))
+  data.check_dataset(config.data, ('train',) + ((config.data.eval_split,) if reads_eval_split else ()),
+                     num_classes=config.model.num_classes)
+  if config.model.num_classes:
+    sampler.resolve_labels(config.sampling.labels, data.class_names(config.data), config.model.num_classes,
+                           config.sampling.num_samples)
 
 
 def resume_or_start(config: schema.Config, components: components_lib.Components, workdir: str,
@@ -142,6 +135,8 @@ def train_and_evaluate(config: schema.Config, workdir: str,
     return None
   if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
     workdir_lib.record_config(workdir, config, config_changes)
+    if config.model.num_classes:  # what the labels mean, for grids, --mode=sample's class names and the report
+      workdir_lib.write_class_names(workdir, data.class_names(config.data))
   # The batches are a function of the step alone: the input starts at the restored step's batch.
   train_input = TrainInput(config, components.mesh, start_step=int(state.step))
   writer = writers.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
@@ -244,7 +239,7 @@ def run_loop(config, components, state, train_input, manager, writer, workdir, e
           checkpoints.check_saved(manager, saved_step)
       if is_time(step, t.sample_every_steps, t.num_steps):
         with shown.paused(state, 'grid'):
-          write_grid(config, components, state, workdir, writer, step)
+          grids.write_grid(config, components, state, workdir, writer, step)
       if t.phema_sigma_rels and is_time(step, t.phema_every_steps, t.num_steps):
         with shown.paused(state, 'phema snapshot'):
           phema_snapshots.write_snapshots(workdir, state, t.phema_sigma_rels, t.phema_dtype)

@@ -5,6 +5,7 @@ that trains something else (another model, schedule, loss, dataset, optimizer, s
 would silently change the run, so it is refused unless the user says so; keys that only
 say how long, how often or how to evaluate may change freely (their option says `free`).
 Every replaced config.json is kept beside it as config.<UTC time>.json.
+A class-conditional run also records its dataset's class names, by label id, in classes.json.
 """
 import datetime
 import json
@@ -121,3 +122,26 @@ def load_config(workdir: str) -> schema.Config:
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} cannot be read as JSON ({e}); pass --config instead') from None
   return convert.from_mapping(convert.migrate(saved), where=f' in {path}')
+
+
+def write_class_names(workdir: str, names) -> None:
+  """Writes classes.json: the JSON list of the class names, label id i at index i, atomically."""
+  path = Workdir(workdir).classes_json
+  with open(path + '.tmp', 'w') as f:
+    json.dump([str(name) for name in names], f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def read_class_names(workdir: str) -> tuple[str, ...]:
+  """Returns the class names classes.json records, by label id; () when the workdir has none."""
+  path = Workdir(workdir).classes_json
+  if not os.path.isfile(path):
+    return ()
+  try:
+    with open(path) as f:
+      names = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} cannot be read as JSON ({e}); it must hold a JSON list of class names') from None
+  if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    raise ValueError(f'{path} must hold a JSON list of class names (label id i at index i), not {names!r:.80}')
+  return tuple(names)

@@ -14,6 +14,11 @@ def get_config():
   config.diffusion.prediction = 'eps'
   config.diffusion.loss_weighting = 'none'
   config.training.ema_decay = 0.995
+  # Unconditional, as the quickstart was before it conditioned on the shape kind (tests/test_conditional.py
+  # covers class-conditional runs).
+  config.model.num_classes = 0
+  config.sampling.guidance_scale = 1.0
+  config.eval.guidance_scale = 1.0
   config.training.batch_size = 8
   config.training.num_steps = 4
   config.training.learning_rate = 1e-3

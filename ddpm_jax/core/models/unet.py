@@ -1,129 +1,29 @@
-"""The DDPM U-Net of Ho et al. (2020) in Flax Linen.
+"""The DDPM U-Net of Ho et al. (2020) in Flax Linen, with ADM's options (Dhariwal & Nichol 2021).
 
-Layer for layer the network of the official `diffusion_tf/models/unet.py`, so
-parameter counts match (35,746,307 for the CIFAR-10 model). Pure: imports only
-jax, flax, numpy and the standard library.
+By default layer for layer the network of the official `diffusion_tf/models/unet.py`, so
+parameter counts match (35,746,307 for the CIFAR-10 model). ADM's changes are options, each
+off by default: scale-shift norm (AdaGN), BigGAN-style resampling residual blocks, heads sized
+by channels and guided-diffusion's timestep sinusoids; with all of them (and model.num_classes)
+it is guided-diffusion's class-conditional U-Net, as diffusers' UNet2DModel writes it with
+resnet_time_scale_shift='scale_shift', downsample_type='resnet', upsample_type='resnet'. Pure:
+imports only jax, flax, numpy and the standard library.
 
 Call: `UNet(config).apply(variables, x, t, labels, train=..., rngs={'dropout': key})`
 with x float [B, H, W, C] (NHWC), t int32 [B] and, for a class-conditional model
 (config.num_classes = K > 0), labels int32 [B] in [0, K], K being the null class
 (labels=None: all null, the unconditional model); returns float32 [B, H, W, C].
 """
-import dataclasses
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddpm_jax.core.options import check_options, option
-
-# float16 needs dynamic loss scaling in the train step (its range is too narrow for raw gradients).
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-_ATTENTION_IMPLS = (None, 'xla', 'cudnn')
+from ddpm_jax.core.models.unet_config import UNetConfig  # noqa: F401 (the model's config, imported from here too)
 
 # diffusion_tf's `default_init`: variance scaling, fan_avg, uniform.
 _default_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetConfig:
-  """The model's section of the config (`config.model`); the defaults are the study's 63M-parameter network."""
-  base_channels: int = option(128, 'channels at the first resolution', low=4)
-  channel_mults: Tuple[int, ...] = option((1, 2, 3, 3), 'channels = base * mult per resolution; one downsample '
-                                          'between levels', low=1)
-  num_res_blocks: int = option(2, 'residual blocks per resolution on the way down', low=1)
-  attention_resolutions: Tuple[int, ...] = option((16,), 'feature-map sizes that get self-attention', low=1)
-  num_heads: int = option(4, 'attention heads', low=1)
-  dropout: float = option(0.1, 'dropout inside residual blocks during training', low=0.0, high=1.0, high_open=True)
-  num_groups: int = option(32, 'GroupNorm groups', low=1)
-  norm_eps: float = option(1e-6, "GroupNorm epsilon (diffusion_tf's 1e-6; diffusers models often use 1e-5)",
-                           low=0.0, high=1.0, low_open=True, high_open=True)
-  dtype: str = option('float32', 'compute dtype of convs and attention; params, EMA and Adam stay float32 '
-                      '(float16 scales the loss dynamically)', choices=tuple(_DTYPES))
-  attention_impl: Optional[str] = option(None, "jax.nn.dot_product_attention's implementation: None picks cuDNN's "
-                                         "fused kernel where it applies, else XLA", choices=_ATTENTION_IMPLS)
-  num_classes: int = option(0, 'class-conditional: K classes, a learned class embedding added to the timestep '
-                            'embedding, plus a null class (id K) for guidance; 0 = unconditional', low=0)
-  remat: bool = option(False, "recompute each res/attention block's activations in the backward pass: less "
-                       'memory, more time')
-
-  def __post_init__(self):
-    # ConfigDict slices hand over lists; a frozen, hashable config needs tuples.
-    resolutions = self.attention_resolutions
-    if isinstance(resolutions, int):
-      resolutions = (resolutions,)
-    object.__setattr__(self, 'channel_mults', tuple(int(m) for m in self.channel_mults))
-    object.__setattr__(self, 'attention_resolutions', tuple(int(r) for r in resolutions))
-
-  @property
-  def compute_dtype(self) -> Any:
-    """Returns the jnp dtype that convolutions and dense layers compute in."""
-    return _DTYPES[self.dtype]
-
-  @property
-  def res_block(self) -> type:
-    """Returns the ResBlock class to build: rematerialised when self.remat."""
-    return _RematResBlock if self.remat else ResBlock
-
-  @property
-  def attention_block(self) -> type:
-    """Returns the AttentionBlock class to build: rematerialised when self.remat."""
-    return _RematAttentionBlock if self.remat else AttentionBlock
-
-  def level_channels(self) -> Tuple[int, ...]:
-    """Returns the channel count at each resolution level, top first."""
-    return tuple(self.base_channels * m for m in self.channel_mults)
-
-  def resolutions(self, image_size: int) -> Tuple[int, ...]:
-    """Returns the feature-map side at each resolution level, top first."""
-    return tuple(image_size // 2**i for i in range(len(self.channel_mults)))
-
-  def validate(self, image_size: int) -> None:
-    """Returns None; raises a one-line ValueError naming the first bad value."""
-    _validate_choices(self)
-    _validate_image_size(self, image_size)
-    _validate_channels(self, image_size)
-
-
-def _validate_choices(config: UNetConfig) -> None:
-  """Returns None; raises ValueError for a value its option refuses (the config's own check) or no levels."""
-  # base_channels >= 4: the sinusoidal embedding divides by (base_channels // 2 - 1).
-  check_options(config, 'model.')
-  if not config.channel_mults:
-    raise ValueError(f'model.channel_mults={config.channel_mults} must name at least one level')
-
-
-def _validate_image_size(config: UNetConfig, image_size: int) -> None:
-  """Returns None; raises ValueError when the levels cannot halve image_size."""
-  factor = 2**(len(config.channel_mults) - 1)
-  if image_size < factor or image_size % factor:
-    raise ValueError(f'image_size={image_size} does not fit {len(config.channel_mults)} levels '
-                     f'(model.channel_mults={config.channel_mults}); it must be a multiple of '
-                     f'{factor} and >= {factor}')
-  reached = config.resolutions(image_size)
-  unreachable = [r for r in config.attention_resolutions if r not in reached]
-  if unreachable:
-    raise ValueError(f'model.attention_resolutions={config.attention_resolutions}: {unreachable} '
-                     f'never reached at image_size={image_size}; valid resolutions are '
-                     f'{list(reached)}')
-
-
-def _validate_channels(config: UNetConfig, image_size: int) -> None:
-  """Returns None; raises ValueError when GroupNorm groups or heads don't divide channels."""
-  for channels in config.level_channels():
-    if channels % config.num_groups:
-      raise ValueError(f'model.num_groups={config.num_groups} does not divide {channels} channels '
-                       f'(model.base_channels={config.base_channels} x model.channel_mults='
-                       f'{config.channel_mults}); pick a divisor of every level\'s channels')
-  attended = dict(zip(config.resolutions(image_size), config.level_channels()))
-  # The middle block always attends, at the last level's channels.
-  needs_heads = {attended[r] for r in config.attention_resolutions} | {config.level_channels()[-1]}
-  for channels in sorted(needs_heads):
-    if channels % config.num_heads:
-      raise ValueError(f'model.num_heads={config.num_heads} does not divide {channels} channels '
-                       f'of an attention block; pick a divisor of {sorted(needs_heads)}')
 
 
 def count_params(params: Any) -> int:
@@ -131,13 +31,18 @@ def count_params(params: Any) -> int:
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 
 
-def timestep_embedding(timesteps: jax.Array, dim: int) -> jax.Array:
-  """Returns float32 [B, dim] sinusoidal embeddings, as diffusion_tf's get_timestep_embedding."""
+def timestep_embedding(timesteps: jax.Array, dim: int, layout: str = 'ddpm') -> jax.Array:
+  """Returns float32 [B, dim] sinusoidal embeddings: diffusion_tf's get_timestep_embedding, or guided-diffusion's.
+
+  'ddpm': [sin, cos] at frequencies 10000^(-i/(dim/2-1)) (diffusers flip_sin_to_cos=False, freq_shift=1);
+  'adm': [cos, sin] at 10000^(-i/(dim/2)) (flip_sin_to_cos=True, freq_shift=0).
+  """
   half_dim = dim // 2
-  log_step = math.log(10000) / (half_dim - 1)
+  log_step = math.log(10000) / (half_dim - (1 if layout == 'ddpm' else 0))
   freqs = jnp.exp(jnp.arange(half_dim, dtype=jnp.float32) * -log_step)
   args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
-  embedding = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  halves = [jnp.sin(args), jnp.cos(args)]
+  embedding = jnp.concatenate(halves if layout == 'ddpm' else halves[::-1], axis=1)
   if dim % 2:
     embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
   return embedding
@@ -163,18 +68,40 @@ def _group_norm(config: UNetConfig, name: str) -> nn.GroupNorm:
                       param_dtype=jnp.float32, name=name)
 
 
+def _resample(x: jax.Array, direction: str) -> jax.Array:
+  """Returns x at half the side (2x2 average pooling, 'down') or twice it (nearest neighbour, 'up')."""
+  if direction == 'down':
+    return nn.avg_pool(x, (2, 2), strides=(2, 2))
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
 class ResBlock(nn.Module):
-  """Residual block with the timestep embedding added between its two convs."""
+  """Residual block conditioned on the embedding between its two convs; resample='down'/'up' resamples inside it.
+
+  The embedding is added before the second GroupNorm (DDPM) or sets its scale and shift
+  (config.scale_shift_norm, ADM's AdaGN); a resampling block pools or repeats both paths right
+  after the first norm, as ADM's and diffusers' `ResnetBlock2D(down=True / up=True)` do.
+  """
   out_channels: int
   config: UNetConfig
+  resample: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-    """Returns [B, H, W, out_channels]."""
+    """Returns [B, H', W', out_channels], H' = H (or H / 2, 2 H when resampling)."""
     cfg = self.config
-    h = _conv(self.out_channels, cfg, 'conv1')(nn.silu(_group_norm(cfg, 'norm1')(x)))
-    h = h + _dense(self.out_channels, cfg, 'temb_proj')(nn.silu(temb))[:, None, None, :]
-    h = nn.silu(_group_norm(cfg, 'norm2')(h))
+    h = nn.silu(_group_norm(cfg, 'norm1')(x))
+    if self.resample:
+      h, x = _resample(h, self.resample), _resample(x, self.resample)
+    h = _conv(self.out_channels, cfg, 'conv1')(h)
+    embedding = _dense(self.out_channels * (2 if cfg.scale_shift_norm else 1), cfg,
+                       'temb_proj')(nn.silu(temb))[:, None, None, :]
+    if cfg.scale_shift_norm:
+      scale, shift = jnp.split(embedding, 2, axis=-1)
+      h = _group_norm(cfg, 'norm2')(h) * (1 + scale) + shift
+    else:
+      h = _group_norm(cfg, 'norm2')(h + embedding)
+    h = nn.silu(h)
     h = nn.Dropout(cfg.dropout, deterministic=not train)(h)
     # Zero-initialised so every block starts as the identity.
     h = _conv(self.out_channels, cfg, 'conv2', zero_init=True)(h)
@@ -193,7 +120,8 @@ class AttentionBlock(nn.Module):
     cfg = self.config
     batch, height, width, channels = x.shape
     h = _group_norm(cfg, 'norm')(x).reshape(batch, height * width, channels)
-    head_shape = (batch, height * width, cfg.num_heads, channels // cfg.num_heads)
+    heads = cfg.heads(channels)
+    head_shape = (batch, height * width, heads, channels // heads)
     q, k, v = (_dense(channels, cfg, name)(h).reshape(head_shape) for name in ('q', 'k', 'v'))
     # XLA:CPU lacks the float16 x float16 -> float32 dot that jax's attention asks for: attend in float32 there.
     upcast = q.dtype == jnp.float16 and jax.default_backend() == 'cpu'
@@ -212,6 +140,16 @@ _RematResBlock = nn.remat(ResBlock, static_argnums=(3,))
 _RematAttentionBlock = nn.remat(AttentionBlock)
 
 
+def _res_block(config: UNetConfig) -> type:
+  """Returns the ResBlock class to build: rematerialised when config.remat."""
+  return _RematResBlock if config.remat else ResBlock
+
+
+def _attention_block(config: UNetConfig) -> type:
+  """Returns the AttentionBlock class to build: rematerialised when config.remat."""
+  return _RematAttentionBlock if config.remat else AttentionBlock
+
+
 class TimestepMLP(nn.Module):
   """Sinusoidal timestep embedding followed by Dense-SiLU-Dense."""
   config: UNetConfig
@@ -220,7 +158,7 @@ class TimestepMLP(nn.Module):
   def __call__(self, t: jax.Array) -> jax.Array:
     """Returns [B, 4 * base_channels]."""
     cfg = self.config
-    h = timestep_embedding(t, cfg.base_channels)
+    h = timestep_embedding(t, cfg.base_channels, cfg.time_embedding)
     h = _dense(4 * cfg.base_channels, cfg, 'dense0')(h)
     return _dense(4 * cfg.base_channels, cfg, 'dense1')(nn.silu(h))
 
@@ -240,6 +178,16 @@ class ClassEmbedding(nn.Module):
     return table[jnp.asarray(labels, jnp.int32)]
 
 
+def _resample_block(x: jax.Array, temb: jax.Array, train: bool, config: UNetConfig, direction: str,
+                    name: str) -> jax.Array:
+  """Returns x resampled ('down'/'up') by a residual block (config.resblock_updown) or a conv, x's channels kept."""
+  if config.resblock_updown:
+    return _res_block(config)(x.shape[-1], config, resample=direction, name=name)(x, temb, train)
+  if direction == 'down':
+    return _conv(x.shape[-1], config, name, stride=2)(x)
+  return _conv(x.shape[-1], config, name)(_resample(x, 'up'))
+
+
 class Encoder(nn.Module):
   """The down path: input conv, then res (+attention) blocks and downsamples."""
   config: UNetConfig
@@ -252,12 +200,12 @@ class Encoder(nn.Module):
     last_level = len(cfg.channel_mults) - 1
     for level, channels in enumerate(cfg.level_channels()):
       for block in range(cfg.num_res_blocks):
-        h = cfg.res_block(channels, cfg, name=f'level{level}_res{block}')(skips[-1], temb, train)
+        h = _res_block(cfg)(channels, cfg, name=f'level{level}_res{block}')(skips[-1], temb, train)
         if h.shape[1] in cfg.attention_resolutions:
-          h = cfg.attention_block(cfg, name=f'level{level}_attn{block}')(h)
+          h = _attention_block(cfg)(cfg, name=f'level{level}_attn{block}')(h)
         skips.append(h)
       if level != last_level:
-        skips.append(_conv(channels, cfg, f'level{level}_downsample', stride=2)(skips[-1]))
+        skips.append(_resample_block(skips[-1], temb, train, cfg, 'down', f'level{level}_downsample'))
     return skips
 
 
@@ -274,12 +222,11 @@ class Decoder(nn.Module):
       channels = cfg.level_channels()[level]
       for block in range(cfg.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = cfg.res_block(channels, cfg, name=f'level{level}_res{block}')(h, temb, train)
+        h = _res_block(cfg)(channels, cfg, name=f'level{level}_res{block}')(h, temb, train)
         if h.shape[1] in cfg.attention_resolutions:
-          h = cfg.attention_block(cfg, name=f'level{level}_attn{block}')(h)
+          h = _attention_block(cfg)(cfg, name=f'level{level}_attn{block}')(h)
       if level != 0:
-        h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
-        h = _conv(channels, cfg, f'level{level}_upsample')(h)
+        h = _resample_block(h, temb, train, cfg, 'up', f'level{level}_upsample')
     return h
 
 
@@ -298,9 +245,9 @@ class UNet(nn.Module):
     elif labels is not None:
       raise ValueError('labels given to an unconditional model (model.num_classes=0)')
     skips = Encoder(cfg, name='down')(x, temb, train)
-    h = cfg.res_block(skips[-1].shape[-1], cfg, name='mid_res1')(skips[-1], temb, train)
-    h = cfg.attention_block(cfg, name='mid_attn')(h)
-    h = cfg.res_block(h.shape[-1], cfg, name='mid_res2')(h, temb, train)
+    h = _res_block(cfg)(skips[-1].shape[-1], cfg, name='mid_res1')(skips[-1], temb, train)
+    h = _attention_block(cfg)(cfg, name='mid_attn')(h)
+    h = _res_block(cfg)(h.shape[-1], cfg, name='mid_res2')(h, temb, train)
     h = Decoder(cfg, name='up')(h, skips, temb, train)
     h = nn.silu(_group_norm(cfg, 'norm_out')(h))
     h = _conv(x.shape[-1], cfg, 'conv_out', zero_init=True)(h)
