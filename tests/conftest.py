@@ -35,6 +35,14 @@ import runs  # noqa: E402  pylint: disable=g-import-not-at-top
 ONE_WORKER_FILES = ('test_eval_bridge.py', 'test_evaluation.py', 'test_metrics.py', 'test_report.py',
                     'test_train_step.py', 'test_wheel.py')
 SCHEDULED_HERE = pytest.StashKey[bool]()
+# Single tests of 10 s or more (on 2 idle cores), collected first, slowest first: each is a unit of its own, so
+# the workers start them early and end on tests of a second or two, together, instead of one worker finishing
+# a minute-long test while the other idles.
+SLOW_FIRST = ('test_sharding.py::test_on_four_devices', 'test_distributed.py::test_two_processes',
+              'test_faults.py::test_sigkill', 'test_main.py::test_sigterm', 'test_device_data.py::test_trains_on_device',
+              'test_faults.py::test_a_full_disk', 'test_faults.py::test_resuming_with_another_model',
+              'test_evaluation.py', 'test_faults.py::test_nan_losses', 'test_faults.py::test_a_truncated_latest',
+              'test_convert.py::test_imported_weights_give_diffusers_forward[six_levels]', 'test_conditional.py')
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which starts the workers
@@ -55,6 +63,13 @@ def pytest_cmdline_main(config):
   if config.option.dist == 'no' and config.option.numprocesses != 0:
     config.option.dist = 'loadscope'  # what xdist starts; pytest_xdist_make_scheduler below replaces it
     config.stash[SCHEDULED_HERE] = True
+
+
+def pytest_collection_modifyitems(items):
+  """Puts SLOW_FIRST's tests first, in its order; the others keep theirs."""
+  def rank(item):
+    return next((i for i, name in enumerate(SLOW_FIRST) if name in item.nodeid), len(SLOW_FIRST))
+  items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent with -p no:xdist

@@ -239,6 +239,8 @@ def test_summary_line_of_the_default_metrics():
       'step 4: FID 12.34  KID 0.0123 ± 0.0010  MS-SSIM 0.1234  (n=8, ddim 5 steps')
   # KID at small n, where every subset holds every sample: no '± 0.0000'.
   assert 'KID 0.01234 (no spread at this n)  MS-SSIM' in evaluation.summary(4, {**result, 'kid_std': 0.0})
+  # KID's std when every subset holds every sample, as torch-fidelity computes it: rounding, not spread.
+  assert 'KID 0.01234 (no spread at this n)  MS-SSIM' in evaluation.summary(4, {**result, 'kid_std': 3.7e-16})
 
 
 @pytest.mark.parametrize('names, message', [

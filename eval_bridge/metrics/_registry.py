@@ -25,6 +25,9 @@ class Column:
       return missing
 
 
+NO_SPREAD = 1e-12  # a std at most this (relative to max(1, |mean|)) is rounding, not spread
+
+
 @dataclasses.dataclass(frozen=True)
 class MeanStdColumn(Column):
   """A 'mean ± std' column (template: the mean's key, spread: the std's) showing only the digits that mean something.
@@ -39,8 +42,11 @@ class MeanStdColumn(Column):
     if self.template not in evaluation or self.spread not in evaluation:
       return missing
     mean, std = float(evaluation[self.template]), float(evaluation[self.spread])
-    if not std > 0 or not math.isfinite(std):
-      return f'{mean:.4g} (no spread at this n)' if std == 0 else f'{mean:.4g}'
+    if not math.isfinite(std):
+      return f'{mean:.4g}'
+    # A std of float rounding (KID's ~4e-16 when every subset holds every sample) is no spread either.
+    if std <= NO_SPREAD * max(1.0, abs(mean)):
+      return f'{mean:.4g} (no spread at this n)'
     places = max(0, 1 - math.floor(math.log10(std)))  # the decimal places of std's second significant digit
     return f'{mean:.{places}f} ± {std:.{places}f}'
 
