@@ -37,11 +37,13 @@ ONE_WORKER_FILES = ('test_eval_bridge.py', 'test_evaluation.py', 'test_metrics.p
 SCHEDULED_HERE = pytest.StashKey[bool]()
 # Single tests of 10 s or more (on 2 idle cores), collected first, slowest first: each is a unit of its own, so
 # the workers start them early and end on tests of a second or two, together, instead of one worker finishing
-# a minute-long test while the other idles.
-SLOW_FIRST = ('test_sharding.py::test_on_four_devices', 'test_distributed.py::test_two_processes',
-              'test_faults.py::test_sigkill', 'test_main.py::test_sigterm', 'test_device_data.py::test_trains_on_device',
-              'test_faults.py::test_a_full_disk', 'test_faults.py::test_resuming_with_another_model',
-              'test_evaluation.py', 'test_faults.py::test_nan_losses', 'test_faults.py::test_a_truncated_latest',
+# a minute-long test while the other idles. The first two build the shared runs `trained` and `trained_12` side by
+# side (two tests that both wait for `trained` would leave a core idle while it trains).
+SLOW_FIRST = ('test_sharding.py::test_on_four_devices', 'test_faults.py::test_sigkill',
+              'test_distributed.py::test_two_processes', 'test_main.py::test_sigterm',
+              'test_device_data.py::test_trains_on_device', 'test_faults.py::test_a_full_disk',
+              'test_faults.py::test_resuming_with_another_model', 'test_evaluation.py', 'test_faults.py::test_nan_losses',
+              'test_faults.py::test_a_truncated_latest',
               'test_convert.py::test_imported_weights_give_diffusers_forward[six_levels]', 'test_conditional.py')
 
 

@@ -96,9 +96,11 @@ def test_a_truncated_latest_checkpoint_is_set_aside_and_the_run_redone_exactly(t
   workdir = copy_run(trained_12, tmp_path / 'damaged')
   state_files = [os.path.join(d, f) for d, _, files in os.walk(os.path.join(workdir, 'checkpoints', str(STEPS)))
                  for f in files if os.sep + 'd' + os.sep in os.path.join(d, f)]
-  biggest = max(state_files, key=os.path.getsize)
-  with open(biggest, 'r+b') as f:
-    f.truncate(os.path.getsize(biggest) // 2)
+  # Every data file, not the largest alone: which file holds which arrays varies with the order Orbax's writes
+  # finished in, and a truncated file that the restore does not read damages nothing (seen once in a full run).
+  for state_file in state_files:
+    with open(state_file, 'r+b') as f:
+      f.truncate(os.path.getsize(state_file) // 2)
   earlier = {step: digest(workdir, step) for step in checkpoint_steps(workdir)[:-1]}
   train(workdir)
   printed = capsys.readouterr()
