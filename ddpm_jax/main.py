@@ -47,7 +47,8 @@ def enable_compilation_cache() -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     jax.config.update('jax_compilation_cache_dir', os.path.join(paths.cache_root(), 'xla'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:  # the tests cache every program
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
 def run(config, workdir: str, mode: str, checkpoint_step, allow_config_change: bool = False, *,

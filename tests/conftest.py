@@ -14,6 +14,9 @@ if '--xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
 # config's programs compile once. Set before JAX is imported, which reads it. pytest-xdist's workers
 # inherit the cache of the process that starts them (an entry JAX finds half-written by another
 # process is a warning and a compile, not an error); that process removes it at exit.
+# Every program, however quick to compile: the tiny models' programs compile in well under the 1 s a user's run
+# waits for before caching, and the same ones compile again in each CLI subprocess and in-process run.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='ddpm_jax_test_xla_')
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)

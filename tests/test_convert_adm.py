@@ -129,9 +129,11 @@ def test_the_class_conditional_cd_imagenet64_layout_imports():
 
 def test_the_cd_imagenet64_layout_forwards_as_diffusers_after_import_and_export(tmp_path):
   # The full 296M-parameter model takes ~1 min to build, save and compile on 2 cores: the same config at a sixth of
-  # the width (heads of 32 channels: 2, 3 and 4 of them, as 6, 9 and 12 there) and one block per level, every
-  # layout flag, the 1000 classes and the 64 px kept.
-  small = {**CD_IMAGENET64, 'block_out_channels': [32, 64, 96, 128], 'attention_head_dim': 32, 'layers_per_block': 1}
+  # the width (heads of 32 channels: 2, 3 and 4 of them, as 6, 9 and 12 there), one block per level and 32 px
+  # (diffusers places attention by block type, so the layout is the same at any size), every layout flag and the
+  # 1000 classes kept.
+  small = {**CD_IMAGENET64, 'block_out_channels': [32, 64, 96, 128], 'attention_head_dim': 32, 'layers_per_block': 1,
+           'sample_size': 32}
   torch.manual_seed(0)
   model = UNet2DModel.from_config(small)
   with torch.no_grad():
@@ -140,7 +142,7 @@ def test_the_cd_imagenet64_layout_forwards_as_diffusers_after_import_and_export(
   model = sharp_attention(model.eval())
   config, params = diffusers_io.from_diffusers(save(model, tmp_path / 'unet'))
   assert config.model.num_head_channels == 32 and config.model.num_classes == 1000
-  x, t, labels = batch(64, 1000)
+  x, t, labels = batch(32, 1000)
   ours = our_forward(config.model, params, x, t, labels)
   real = slice(0, 2)
   assert np.abs(ours[real] - diffusers_forward(model, x[real], t[real], labels[real])).max() < 1e-4
