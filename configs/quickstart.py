@@ -1,19 +1,20 @@
-"""A small class-conditional U-Net (1.1M parameters) on the built-in shapes at 16x16: 1,500 steps, a few minutes on 2 CPUs.
+"""A small class-conditional U-Net (1.1M parameters) on the built-in shapes at 16x16: 1,500 steps in 2.4 minutes.
 
-Its grids (samples/step_500.png, _1000, _1500) show one block of rows per shape kind (circle, square,
-triangle), sampled with classifier-free guidance w = 3: by step 1,500 the triangles are pointed, the circles
-round and most squares square, on the right backgrounds (dark ones more often than in the data: guidance
-trades variety for clarity; --config.sampling.guidance_scale=1 samples plain conditionally). The same
-network trained unconditionally drew soft blobs, about a third of them recognisable, and more steps, a
-shifted (less noisy) schedule, EDM's loss weighting or a bigger sampler did not help; conditioning on the
-shape kind (label dropout 0.1, which guidance needs) did.
+Its grids (samples/step_500.png, _1000, _1500) give each shape kind (circle, square, triangle) a block of
+rows, sampled with classifier-free guidance w = 3. By step 1,500 most circles are round and most triangles
+pointed, on the right backgrounds; squares are the weakest (about half look square) and a few samples are
+empty; backgrounds are dark more often than in the data (guidance trades variety for clarity:
+--config.sampling.guidance_scale=1 samples plainly conditional). The same network trained unconditionally
+drew soft blobs, about a third of them recognisable, and more steps, a shifted (less noisy) schedule, EDM's
+loss weighting or a bigger sampler did not help; conditioning on the shape kind (label dropout 0.1, which
+guidance needs) did. `python -m benchmarks.quickstart` measured 2.4 minutes from start to exit at 13.4
+steps/s on 2 lightly loaded Xeon cores (BENCHMARKS.md).
 
 The recipe learned fastest in issue 25's measurements on digits: v-prediction weighted by Min-SNR-5, learning
 rate 1e-3, EMA 0.999 (about 2x closer to the data than eps-MSE with lr 2e-3 at equal steps). On these shapes,
 unweighted v, Min-SNR-2, Min-SNR-20 and EDM's weighting drew worse grids, lr 2e-3 no better (on photographs,
 unweighted v learns faster: benchmarks/learning_efficiency.py, and is the package's default).
 Batch 16: many small steps beat fewer large ones at equal wall time (images/s barely change with the batch).
-`python -m benchmarks.quickstart` measures the time from start to exit (BENCHMARKS.md).
 """
 from configs import default
 
