@@ -35,8 +35,8 @@ import runs  # noqa: E402  pylint: disable=g-import-not-at-top
 # compiled steps): each goes to one worker as a whole, which builds them once. Every other test is a unit of its
 # own, sent to whichever worker is free, so the two end together. (xdist's --dist loadgroup would say this with
 # marks, but groups nothing under pytest 9.2: pytest-dev/pytest-xdist#1386.)
-ONE_WORKER_FILES = ('test_eval_bridge.py', 'test_evaluation.py', 'test_metrics.py', 'test_report.py',
-                    'test_train_step.py', 'test_wheel.py')
+ONE_WORKER_FILES = ('test_eval_bridge.py', 'test_evaluation.py', 'test_metrics.py', 'test_reference_stats.py',
+                    'test_report.py', 'test_train_step.py', 'test_wheel.py')
 SCHEDULED_HERE = pytest.StashKey[bool]()
 # Single tests of 10 s or more (on 2 idle cores), collected first, slowest first: each is a unit of its own, so
 # the workers start them early and end on tests of a second or two, together, instead of one worker finishing

@@ -18,6 +18,7 @@ from ddpm_jax.core import phema
 from ddpm_jax.reporting import table
 from ddpm_jax.run import phema_snapshots
 from ddpm_jax.run import workdir as workdir_lib
+from conftest import trained_once
 from runs import copy_run, digest, restore_numpy, run, tiny_config
 
 PROFILES = {'training.phema_sigma_rels': (0.05, 0.1), 'training.phema_every_steps': 1,
@@ -142,10 +143,11 @@ def test_a_float16_snapshot_takes_half_the_disk_and_an_altered_one_is_refused(tm
 
 @pytest.fixture(scope='module')
 def phema_run(tmp_path_factory) -> str:
-  """Returns a workdir the tiny config trained 4 steps tracking sigma_rel 0.05 and 0.1, a snapshot every step."""
-  workdir = str(tmp_path_factory.mktemp('phema') / 'run')
-  run(workdir, PROFILES)
-  return workdir
+  """Returns a workdir the tiny config trained 4 steps tracking sigma_rel 0.05 and 0.1, a snapshot every step.
+
+  Trained once for the session, both xdist workers reading it (tests change copies).
+  """
+  return trained_once(tmp_path_factory, 'phema', PROFILES)
 
 
 def test_profiles_are_checkpointed_and_snapshotted_and_runs_without_them_store_none(phema_run, trained):
