@@ -7,13 +7,17 @@ class Isc(_registry.FeatureMetric):
   """torch-fidelity's Inception Score of the samples' Inception logits (shared with FID/KID: one pass)."""
   name = 'isc'
   keys = ('is_mean', 'is_std')
-  columns = (_registry.Column('IS', '{is_mean:.2f} ± {is_std:.2f}'),)
+  columns = (_registry.MeanStdColumn('IS', 'is_mean', spread='is_std'),)
   panels = (_registry.Panel('is_mean', 'IS ↑ (mean ± std)', band='is_std'),)
-  summary = 'IS {is_mean:.2f} ± {is_std:.2f}'
   note = 'IS is mean ± std over splits'
   lower_is_better = False
   needs_reference = False
   reference_parts = ()
+
+  @classmethod
+  def fragment(cls, metrics: dict) -> str:
+    """Returns 'IS 12.34 ± 0.56' with the digits that mean something, as KID's (no '1.00 ± 0.00' at tiny spreads)."""
+    return 'IS ' + cls.columns[0].cell(metrics, 'missing')
 
   def result(self) -> dict[str, float]:
     """Returns {'is_mean', 'is_std'} over min(10, n) splits of the samples shuffled from context.metric_seed."""
