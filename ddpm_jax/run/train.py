@@ -79,8 +79,10 @@ def restore_or_init(config, components: components_lib.Components, manager) -> t
   return checkpoints.restore(manager, components_lib.abstract_state(config, components))
 
 
-def check_data(config: schema.Config) -> None:
-  """Returns None once the train split (and the eval split, when evaluations read it) opens with images.
+def check_data(config: schema.Config) -> tuple[str, ...]:
+  """Returns the class names of a class-conditional run's dataset (() otherwise) once its splits open with images.
+
+  The train split (and the eval split, when evaluations read it) must hold images.
 
   A class-conditional run's dataset must have labels, model.num_classes classes of them, and the class
   names in sampling.labels must be its (or --mode=sample would refuse them only after training).
@@ -88,14 +90,18 @@ def check_data(config: schema.Config) -> None:
   reads_eval_split = config.eval.every_steps and not config.eval.reference_stats
   data.check_dataset(config.data, ('train',) + ((config.data.eval_split,) if reads_eval_split else ()),
                      num_classes=config.model.num_classes)
-  if config.model.num_classes:
-    sampler.resolve_labels(config.sampling.labels, data.class_names(config.data), config.model.num_classes,
-                           config.sampling.num_samples)
+  if not config.model.num_classes:
+    return ()
+  class_names = data.class_names(config.data)
+  sampler.resolve_labels(config.sampling.labels, class_names, config.model.num_classes, config.sampling.num_samples)
+  return class_names
 
 
 def resume_or_start(config: schema.Config, components: components_lib.Components, workdir: str,
                     allow_config_change: bool = False):
-  """Returns (manager, config changes, state): the newest intact checkpoint's state, or a fresh one.
+  """Returns (manager, config changes, state, class names): the newest intact checkpoint's state, or a fresh one.
+
+  The class names are check_data's (() for a finished run, which is not checked, or an unconditional one).
 
   Nothing is written before the data opens: a workdir with checkpoints is read first (a finished run
   comes back from there having written nothing), then the dataset is checked, and only then is a new
@@ -106,13 +112,13 @@ def resume_or_start(config: schema.Config, components: components_lib.Components
     manager, changes = open_workdir(config, workdir, allow_config_change)
     state = restore_or_init(config, components, manager)
     if int(state.step) >= config.training.num_steps:
-      return manager, changes, state
-  check_data(config)
+      return manager, changes, state, ()
+  class_names = check_data(config)
   workdir_lib.check_writable(workdir)
   if not existing:
     manager, changes = open_workdir(config, workdir, allow_config_change)
     state = restore_or_init(config, components, manager)
-  return manager, changes, state
+  return manager, changes, state, class_names
 
 
 def train_and_evaluate(config: schema.Config, workdir: str,
@@ -127,7 +133,7 @@ def train_and_evaluate(config: schema.Config, workdir: str,
     from ddpm_jax.evaluation import scores  # pylint: disable=g-import-not-at-top
     evaluation = scores.make_evaluation(config, components)  # fails here, before training, without Inception
   t = config.training
-  manager, config_changes, state = resume_or_start(config, components, workdir, allow_config_change)
+  manager, config_changes, state, class_names = resume_or_start(config, components, workdir, allow_config_change)
   if int(state.step) >= t.num_steps:  # before config.json is recorded: a run with nothing to do writes nothing
     manager.close()
     logging.info('The run in %s already finished at step %d (training.num_steps=%d).', workdir, state.step, t.num_steps)
@@ -136,7 +142,7 @@ def train_and_evaluate(config: schema.Config, workdir: str,
   if jax.process_index() == 0:  # only once the state fits the config: a refused restore leaves config.json as it was
     workdir_lib.record_config(workdir, config, config_changes)
     if config.model.num_classes:  # what the labels mean, for grids, --mode=sample's class names and the report
-      workdir_lib.write_class_names(workdir, data.class_names(config.data))
+      workdir_lib.write_class_names(workdir, class_names)  # read once, by check_data
   # The batches are a function of the step alone: the input starts at the restored step's batch.
   train_input = TrainInput(config, components.mesh, start_step=int(state.step))
   writer = writers.create_writer(config, workdir)  # TensorBoard (process 0), the log, and wandb if asked
